@@ -1,0 +1,135 @@
+"""Artifact directories: atomic writes, manifests, hashes.
+
+Every artifact (DATA_DIR, TEACHER_DIR, MODEL_DIR, reports) is a directory with a
+``manifest.json``. It is built in a hidden temporary sibling and renamed into place at the end,
+so a crash never leaves a half-written directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from leader.errors import LeaderError
+
+MANIFEST = "manifest.json"
+
+
+def package_version() -> str:
+    from leader import __version__
+
+    return __version__
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose behaviour shapes an artifact."""
+    import importlib.metadata as md
+
+    out = {"leader": package_version()}
+    for name in ("torch", "polars", "numpy", "transformers", "peft", "safetensors"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise LeaderError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeaderError(f"{path}: not valid JSON ({e})") from None
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def write_manifest(directory: str | Path, kind: str, format_version: int, **fields: Any) -> dict:
+    """Write ``manifest.json``: what the artifact is, which versions made it, and ``fields``."""
+    manifest = {
+        "kind": kind,
+        "format_version": format_version,
+        "created": now_iso(),
+        "versions": library_versions(),
+        **fields,
+    }
+    write_json(Path(directory) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(directory: str | Path, kind: str, max_format_version: int) -> dict:
+    """Read and check a manifest; refuse another kind of artifact or a newer format."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LeaderError(f"{directory}: directory not found")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise LeaderError(f"{directory}: no {MANIFEST}; expected a {kind} directory")
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("kind") != kind:
+        found = manifest.get("kind") if isinstance(manifest, dict) else None
+        raise LeaderError(f"{path}: kind is {found!r}, expected {kind!r}")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version > max_format_version:
+        raise LeaderError(
+            f"{path}: format_version {version!r} is not readable by leader "
+            f"{package_version()} (reads up to {max_format_version}); upgrade leader"
+        )
+    return manifest
+
+
+def check_can_write(final: str | Path, force: bool) -> Path:
+    """Refuse to overwrite an existing non-empty directory unless ``force``."""
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise LeaderError(f"{final}: exists and is not a directory")
+    if final.is_dir() and any(final.iterdir()) and not force:
+        raise LeaderError(f"{final}: already exists and is not empty; use --force to replace it")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``final`` only if the block succeeds.
+
+    The old ``final`` (with ``force``) is removed only after the new one is complete.
+    """
+    final = check_can_write(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""CLI commands, one module per area. Thin: parse options, call the library, print."""

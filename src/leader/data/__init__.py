@@ -1,0 +1,1 @@
+"""Raw tables → cohort → DATA_DIR → samples."""

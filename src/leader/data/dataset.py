@@ -1,0 +1,183 @@
+"""DATA_DIR: the prepared cohort that every model trains on (writer and reader).
+
+Layout (other tools read it, so the names are fixed):
+
+- ``visits.parquet``: one row per visit. Columns ``patient_id`` (str), ``hadm_id`` (str),
+  ``visit_index`` (int, 0 = the patient's first kept visit), ``admittime`` (datetime),
+  ``diagnoses``, ``procedures``, ``drugs`` (lists of codes), the profile fields (str, missing
+  values are ``"unknown"``; ``age`` is an int in years at the visit) and ``split``
+  (``train`` / ``val`` / ``test``).
+- ``vocab.json``: ``{"diagnoses": [{"code", "title", "count"}...], "procedures": [...],
+  "drugs": [...], "profile": {field: [values...]}}``. List order is the index order.
+- ``ddi.json``: ``{"source": str, "pairs": [[atc3_a, atc3_b], ...]}`` over the drug vocabulary.
+- ``manifest.json``: kind ``leader-data``; config, input hashes, mapping counts, drops, ``stats``.
+
+ICD codes carry their version (``icd9:4019``, ``icd10:I10``), since the same string means
+different things in ICD-9 and ICD-10. Drugs are ATC level-3 codes (``N02B``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from leader.artifacts import read_json, read_manifest, write_json, write_manifest
+from leader.errors import LeaderError
+
+DATA_KIND = "leader-data"
+DATA_FORMAT_VERSION = 1
+CODE_KINDS = ("diagnoses", "procedures", "drugs")
+SPLITS = ("train", "val", "test")
+UNKNOWN = "unknown"
+
+
+def icd_key(code: str, version: int | str) -> str:
+    """The canonical key of an ICD code: ``icd9:4019``."""
+    return f"icd{int(version)}:{str(code).strip().replace('.', '').upper()}"
+
+
+def age_bucket(age: Any) -> str:
+    """Age as a profile category: decades, 90 and over pooled (MIMIC shifts ages above 89)."""
+    if age is None:
+        return UNKNOWN
+    try:
+        a = int(age)
+    except (TypeError, ValueError):
+        return UNKNOWN
+    if a < 0:
+        return UNKNOWN
+    if a >= 90:
+        return "90+"
+    lo = a // 10 * 10
+    return f"{lo}-{lo + 9}"
+
+
+@dataclass
+class Vocab:
+    """An ordered code vocabulary with titles; index i is the i-th code."""
+
+    codes: list[str]
+    titles: list[str]
+    counts: list[int] = field(default_factory=list)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.codes)}
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def title(self, code: str) -> str:
+        i = self.index.get(code)
+        return self.titles[i] if i is not None else code
+
+    def to_json(self) -> list[dict]:
+        counts = self.counts or [0] * len(self.codes)
+        return [
+            {"code": c, "title": t, "count": int(n)}
+            for c, t, n in zip(self.codes, self.titles, counts, strict=True)
+        ]
+
+    @classmethod
+    def from_json(cls, items: list[dict]) -> Vocab:
+        return cls(
+            codes=[d["code"] for d in items],
+            titles=[d.get("title") or d["code"] for d in items],
+            counts=[int(d.get("count", 0)) for d in items],
+        )
+
+
+@dataclass
+class Dataset:
+    """A prepared cohort loaded from DATA_DIR."""
+
+    root: Path
+    manifest: dict
+    visits: pl.DataFrame
+    vocab: dict[str, Vocab]
+    profile_vocab: dict[str, list[str]]
+    ddi_pairs: list[tuple[str, str]]
+    ddi_source: str = ""
+
+    @property
+    def profile_fields(self) -> list[str]:
+        return list(self.profile_vocab)
+
+    @property
+    def drugs(self) -> Vocab:
+        return self.vocab["drugs"]
+
+    @cached_property
+    def ddi_matrix(self) -> np.ndarray:
+        """Symmetric 0/1 adjacency over the drug vocabulary."""
+        return ddi_matrix(self.ddi_pairs, self.drugs)
+
+    @cached_property
+    def data_hash(self) -> str:
+        """Identifies this cohort: the hash of its visits file as written."""
+        return self.manifest.get("outputs", {}).get("visits.parquet", "")
+
+    def samples(self, split: str | None = None, mode: str = "all") -> list:
+        from leader.data.samples import build_samples
+
+        frame = self.visits if split is None else self.visits.filter(pl.col("split") == split)
+        return build_samples(frame, self.profile_fields, mode=mode)
+
+    @classmethod
+    def load(cls, root: str | Path) -> Dataset:
+        root = Path(root)
+        manifest = read_manifest(root, DATA_KIND, DATA_FORMAT_VERSION)
+        visits_path = root / "visits.parquet"
+        if not visits_path.is_file():
+            raise LeaderError(f"{visits_path}: file not found; is {root} a prepared DATA_DIR?")
+        visits = pl.read_parquet(visits_path)
+        required = {"patient_id", "visit_index", "split", *CODE_KINDS}
+        missing = sorted(required - set(visits.columns))
+        if missing:
+            raise LeaderError(f"{visits_path}: missing columns {missing}")
+        raw_vocab = read_json(root / "vocab.json")
+        try:
+            vocab = {k: Vocab.from_json(raw_vocab[k]) for k in CODE_KINDS}
+            profile_vocab = {k: list(v) for k, v in raw_vocab.get("profile", {}).items()}
+        except (KeyError, TypeError) as e:
+            raise LeaderError(f"{root / 'vocab.json'}: malformed vocabulary ({e})") from None
+        ddi = read_json(root / "ddi.json")
+        pairs = [(str(a), str(b)) for a, b in ddi.get("pairs", [])]
+        return cls(root, manifest, visits, vocab, profile_vocab, pairs, ddi.get("source", ""))
+
+
+def ddi_matrix(pairs: list[tuple[str, str]], drugs: Vocab) -> np.ndarray:
+    n = len(drugs)
+    adj = np.zeros((n, n), dtype=np.float32)
+    for a, b in pairs:
+        i, j = drugs.index.get(a), drugs.index.get(b)
+        if i is not None and j is not None and i != j:
+            adj[i, j] = adj[j, i] = 1.0
+    return adj
+
+
+def write_dataset(
+    out: Path,
+    visits: pl.DataFrame,
+    vocab: dict[str, Vocab],
+    profile_vocab: dict[str, list[str]],
+    ddi_pairs: list[tuple[str, str]],
+    ddi_source: str,
+    **manifest_fields: Any,
+) -> dict:
+    """Write the DATA_DIR files into ``out`` (a directory from ``atomic_dir``)."""
+    from leader.artifacts import sha256_file
+
+    visits.write_parquet(out / "visits.parquet")
+    write_json(
+        out / "vocab.json",
+        {**{k: vocab[k].to_json() for k in CODE_KINDS}, "profile": profile_vocab},
+    )
+    write_json(out / "ddi.json", {"source": ddi_source, "pairs": [list(p) for p in ddi_pairs]})
+    outputs = {name: sha256_file(out / name) for name in ("visits.parquet", "vocab.json", "ddi.json")}
+    return write_manifest(out, DATA_KIND, DATA_FORMAT_VERSION, outputs=outputs, **manifest_fields)

@@ -1,0 +1,196 @@
+"""The one sample view every model reads, and the code-tensor collate the code models share.
+
+A :class:`Sample` is a patient up to one target visit: ``visits`` oldest first, the last one being
+the visit to recommend for (its ``drugs`` are the target; empty at inference time). Models cut the
+history themselves (the teacher's prompt keeps the last 3 earlier visits, the student the last K
+visits), so one sample serves every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import polars as pl
+import torch
+
+from leader.data.dataset import UNKNOWN, Vocab, age_bucket
+
+
+@dataclass(frozen=True)
+class Visit:
+    diagnoses: tuple[str, ...]
+    procedures: tuple[str, ...]
+    drugs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    patient_id: str
+    visits: tuple[Visit, ...]
+    profile: dict = field(default_factory=dict, hash=False, compare=False)
+    split: str = ""
+
+    @property
+    def current(self) -> Visit:
+        return self.visits[-1]
+
+    @property
+    def history(self) -> tuple[Visit, ...]:
+        return self.visits[:-1]
+
+    @property
+    def target(self) -> tuple[str, ...]:
+        return self.current.drugs
+
+    @property
+    def is_first_visit(self) -> bool:
+        return len(self.visits) == 1
+
+
+def sample_id(patient_id: str, visit_index: int) -> str:
+    return f"{patient_id}/{visit_index}"
+
+
+def build_samples(visits: pl.DataFrame, profile_fields: Sequence[str], mode: str = "all") -> list[Sample]:
+    """One sample per visit with all its earlier visits (``mode="all"``), or only each patient's
+    last visit (``mode="last"``, the reference code's choice)."""
+    if mode not in ("all", "last"):
+        raise ValueError(f"mode must be 'all' or 'last', not {mode!r}")
+    cols = ["patient_id", "visit_index", "diagnoses", "procedures", "drugs", "split", *profile_fields]
+    frame = visits.select(cols).sort("patient_id", "visit_index")
+    samples: list[Sample] = []
+    history: list[Visit] = []
+    last_patient = None
+    rows = frame.iter_rows(named=True)
+    for row in rows:
+        pid = str(row["patient_id"])
+        if pid != last_patient:
+            history, last_patient = [], pid
+        visit = Visit(tuple(row["diagnoses"]), tuple(row["procedures"]), tuple(row["drugs"]))
+        history.append(visit)
+        samples.append(
+            Sample(
+                sample_id=sample_id(pid, int(row["visit_index"])),
+                patient_id=pid,
+                visits=tuple(history),
+                profile={f: row[f] for f in profile_fields},
+                split=row["split"],
+            )
+        )
+    if mode == "last":
+        last: dict[str, Sample] = {}
+        for s in samples:
+            last[s.patient_id] = s
+        samples = list(last.values())
+    return samples
+
+
+def multi_hot(codes_per_sample: Sequence[Sequence[str]], vocab: Vocab) -> torch.Tensor:
+    out = torch.zeros(len(codes_per_sample), len(vocab))
+    for i, codes in enumerate(codes_per_sample):
+        for c in codes:
+            j = vocab.index.get(c)
+            if j is not None:
+                out[i, j] = 1.0
+    return out
+
+
+@dataclass
+class CodeBatch:
+    """Padded code tensors for a batch of samples (id 0 is padding everywhere).
+
+    ``diagnoses``/``procedures``: [B, V, L] ids of each visit's codes, the last K visits.
+    ``prev_drugs``: [B, V, L] ids of the *previous* visit's drugs (the drug stream shifted by one
+    visit); ``first_visit``: [B, V] true where that visit has no previous visit in the record, so the
+    profile stands in for the missing drug record. ``visit_mask``: [B, V] true for real visits
+    (visits are right-aligned: the current visit is always at index V-1).
+    ``profile``: [B, F] ids per profile field. ``target``: [B, |drugs|] multi-hot.
+    """
+
+    diagnoses: torch.Tensor
+    procedures: torch.Tensor
+    prev_drugs: torch.Tensor
+    first_visit: torch.Tensor
+    visit_mask: torch.Tensor
+    profile: torch.Tensor
+    target: torch.Tensor
+
+    def to(self, device: torch.device | str) -> CodeBatch:
+        return CodeBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    def __len__(self) -> int:
+        return self.target.shape[0]
+
+
+class CodeEncoder:
+    """Turns samples into :class:`CodeBatch` tensors with separate vocabularies per code type."""
+
+    def __init__(
+        self,
+        vocab: dict[str, Vocab],
+        profile_vocab: dict[str, list[str]],
+        max_visits: int = 10,
+        max_codes: int = 64,
+    ):
+        self.vocab = vocab
+        self.profile_vocab = profile_vocab
+        self.profile_index = {f: {v: i for i, v in enumerate(vals)} for f, vals in profile_vocab.items()}
+        self.max_visits = max_visits
+        self.max_codes = max_codes
+
+    def sizes(self) -> dict[str, int]:
+        """Embedding table sizes, padding included."""
+        return {k: len(v) + 1 for k, v in self.vocab.items()}
+
+    def profile_sizes(self) -> list[int]:
+        return [len(v) + 1 for v in self.profile_vocab.values()]
+
+    def _ids(self, codes: Sequence[str], kind: str) -> list[int]:
+        index = self.vocab[kind].index
+        ids = [index[c] + 1 for c in codes if c in index]
+        return ids[: self.max_codes]
+
+    def profile_ids(self, profile: dict) -> list[int]:
+        out = []
+        for f, index in self.profile_index.items():
+            value = profile.get(f)
+            value = age_bucket(value) if f == "age" else (UNKNOWN if value is None else str(value))
+            out.append(index.get(value, index.get(UNKNOWN, -1)) + 1)
+        return out
+
+    def collate(self, samples: Sequence) -> CodeBatch:
+        B, V = len(samples), self.max_visits
+        rows = []
+        L = 1
+        for s in samples:
+            visits = s.visits[-V:]
+            offset = len(s.visits) - len(visits)
+            dx = [self._ids(v.diagnoses, "diagnoses") for v in visits]
+            px = [self._ids(v.procedures, "procedures") for v in visits]
+            prev = [
+                self._ids(s.visits[offset + t - 1].drugs, "drugs") if offset + t > 0 else []
+                for t in range(len(visits))
+            ]
+            first = [offset + t == 0 for t in range(len(visits))]
+            L = max(L, *(len(x) for x in dx + px + prev))
+            rows.append((dx, px, prev, first))
+        dx_t = torch.zeros(B, V, L, dtype=torch.long)
+        px_t = torch.zeros(B, V, L, dtype=torch.long)
+        md_t = torch.zeros(B, V, L, dtype=torch.long)
+        first_t = torch.zeros(B, V, dtype=torch.bool)
+        mask_t = torch.zeros(B, V, dtype=torch.bool)
+        for b, (dx, px, prev, first) in enumerate(rows):
+            start = V - len(dx)
+            for t in range(len(dx)):
+                for tensor, ids in ((dx_t, dx[t]), (px_t, px[t]), (md_t, prev[t])):
+                    if ids:
+                        tensor[b, start + t, : len(ids)] = torch.tensor(ids)
+                first_t[b, start + t] = first[t]
+                mask_t[b, start + t] = True
+        profile = torch.tensor([self.profile_ids(s.profile) for s in samples], dtype=torch.long)
+        if profile.ndim == 1:
+            profile = profile.view(B, 0)
+        target = multi_hot([s.target for s in samples], self.vocab["drugs"])
+        return CodeBatch(dx_t, px_t, md_t, first_t, mask_t, profile, target)
