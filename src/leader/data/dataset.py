@@ -118,6 +118,10 @@ class Dataset:
         return ddi_matrix(self.ddi_pairs, self.drugs)
 
     @cached_property
+    def schema(self) -> Schema:
+        return Schema.from_dataset(self)
+
+    @cached_property
     def data_hash(self) -> str:
         """Identifies this cohort: the hash of its visits file as written."""
         return self.manifest.get("outputs", {}).get("visits.parquet", "")
@@ -140,15 +144,16 @@ class Dataset:
         missing = sorted(required - set(visits.columns))
         if missing:
             raise LeaderError(f"{visits_path}: missing columns {missing}")
-        raw_vocab = read_json(root / "vocab.json")
-        try:
-            vocab = {k: Vocab.from_json(raw_vocab[k]) for k in CODE_KINDS}
-            profile_vocab = {k: list(v) for k, v in raw_vocab.get("profile", {}).items()}
-        except (KeyError, TypeError) as e:
-            raise LeaderError(f"{root / 'vocab.json'}: malformed vocabulary ({e})") from None
-        ddi = read_json(root / "ddi.json")
-        pairs = [(str(a), str(b)) for a, b in ddi.get("pairs", [])]
-        return cls(root, manifest, visits, vocab, profile_vocab, pairs, ddi.get("source", ""))
+        schema = Schema.load(root)
+        return cls(
+            root,
+            manifest,
+            visits,
+            schema.vocab,
+            schema.profile_vocab,
+            schema.ddi_pairs,
+            schema.ddi_source,
+        )
 
 
 def ddi_matrix(pairs: list[tuple[str, str]], drugs: Vocab) -> np.ndarray:
@@ -174,10 +179,68 @@ def write_dataset(
     from leader.artifacts import sha256_file
 
     visits.write_parquet(out / "visits.parquet")
-    write_json(
-        out / "vocab.json",
-        {**{k: vocab[k].to_json() for k in CODE_KINDS}, "profile": profile_vocab},
-    )
-    write_json(out / "ddi.json", {"source": ddi_source, "pairs": [list(p) for p in ddi_pairs]})
-    outputs = {name: sha256_file(out / name) for name in ("visits.parquet", "vocab.json", "ddi.json")}
+    Schema(vocab, profile_vocab, ddi_pairs, ddi_source).save(out)
+    names = ("visits.parquet", "vocab.json", "ddi.json")
+    outputs = {name: sha256_file(out / name) for name in names}
     return write_manifest(out, DATA_KIND, DATA_FORMAT_VERSION, outputs=outputs, **manifest_fields)
+
+
+@dataclass
+class Schema:
+    """What a trained model must know about its data: vocabularies, profile values, DDI pairs.
+
+    Saved into every model bundle (same ``vocab.json`` / ``ddi.json`` formats as DATA_DIR), so a
+    bundle serves without the data directory.
+    """
+
+    vocab: dict[str, Vocab]
+    profile_vocab: dict[str, list[str]]
+    ddi_pairs: list[tuple[str, str]]
+    ddi_source: str = ""
+    source: str = ""
+    data_hash: str = ""
+
+    @property
+    def drugs(self) -> Vocab:
+        return self.vocab["drugs"]
+
+    @property
+    def profile_fields(self) -> list[str]:
+        return list(self.profile_vocab)
+
+    @cached_property
+    def ddi_matrix(self) -> np.ndarray:
+        return ddi_matrix(self.ddi_pairs, self.drugs)
+
+    @classmethod
+    def from_dataset(cls, data: Dataset) -> Schema:
+        return cls(
+            data.vocab,
+            data.profile_vocab,
+            data.ddi_pairs,
+            data.ddi_source,
+            str(data.manifest.get("source", "")),
+            data.data_hash,
+        )
+
+    def save(self, directory: Path) -> None:
+        write_json(
+            directory / "vocab.json",
+            {**{k: self.vocab[k].to_json() for k in CODE_KINDS}, "profile": self.profile_vocab},
+        )
+        write_json(
+            directory / "ddi.json",
+            {"source": self.ddi_source, "pairs": [list(p) for p in self.ddi_pairs]},
+        )
+
+    @classmethod
+    def load(cls, directory: Path, source: str = "", data_hash: str = "") -> Schema:
+        raw = read_json(directory / "vocab.json")
+        try:
+            vocab = {k: Vocab.from_json(raw[k]) for k in CODE_KINDS}
+            profile_vocab = {k: list(v) for k, v in raw.get("profile", {}).items()}
+        except (KeyError, TypeError) as e:
+            raise LeaderError(f"{directory / 'vocab.json'}: malformed vocabulary ({e})") from None
+        ddi = read_json(directory / "ddi.json")
+        pairs = [(str(a), str(b)) for a, b in ddi.get("pairs", [])]
+        return cls(vocab, profile_vocab, pairs, ddi.get("source", ""), source, data_hash)

@@ -53,12 +53,22 @@ def sample_id(patient_id: str, visit_index: int) -> str:
     return f"{patient_id}/{visit_index}"
 
 
-def build_samples(visits: pl.DataFrame, profile_fields: Sequence[str], mode: str = "all") -> list[Sample]:
+def build_samples(
+    visits: pl.DataFrame, profile_fields: Sequence[str], mode: str = "all"
+) -> list[Sample]:
     """One sample per visit with all its earlier visits (``mode="all"``), or only each patient's
     last visit (``mode="last"``, the reference code's choice)."""
     if mode not in ("all", "last"):
         raise ValueError(f"mode must be 'all' or 'last', not {mode!r}")
-    cols = ["patient_id", "visit_index", "diagnoses", "procedures", "drugs", "split", *profile_fields]
+    cols = [
+        "patient_id",
+        "visit_index",
+        "diagnoses",
+        "procedures",
+        "drugs",
+        "split",
+        *profile_fields,
+    ]
     frame = visits.select(cols).sort("patient_id", "visit_index")
     samples: list[Sample] = []
     history: list[Visit] = []
@@ -103,8 +113,8 @@ class CodeBatch:
 
     ``diagnoses``/``procedures``: [B, V, L] ids of each visit's codes, the last K visits.
     ``prev_drugs``: [B, V, L] ids of the *previous* visit's drugs (the drug stream shifted by one
-    visit); ``first_visit``: [B, V] true where that visit has no previous visit in the record, so the
-    profile stands in for the missing drug record. ``visit_mask``: [B, V] true for real visits
+    visit); ``first_visit``: [B, V] true where that visit has no earlier visit in the record, so
+    the profile stands in for the missing drug record. ``visit_mask``: [B, V] true for real visits
     (visits are right-aligned: the current visit is always at index V-1).
     ``profile``: [B, F] ids per profile field. ``target``: [B, |drugs|] multi-hot.
     """
@@ -136,7 +146,9 @@ class CodeEncoder:
     ):
         self.vocab = vocab
         self.profile_vocab = profile_vocab
-        self.profile_index = {f: {v: i for i, v in enumerate(vals)} for f, vals in profile_vocab.items()}
+        self.profile_index = {
+            f: {v: i for i, v in enumerate(vals)} for f, vals in profile_vocab.items()
+        }
         self.max_visits = max_visits
         self.max_codes = max_codes
 

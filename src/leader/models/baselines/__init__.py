@@ -1,0 +1,1 @@
+"""Baselines, one file each, all behind :class:`leader.models.base.MedModel`."""

@@ -1,0 +1,118 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_tasks import LinearTask
+
+from leader.train import TrainConfig, epoch_order, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def cfg(**kw):
+    base = dict(epochs=30, batch_size=8, lr=0.05, eval_every=5, patience=100, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_improves_validation_prauc(tiny_data, tmp_path):
+    task = LinearTask(tiny_data)
+    result = train(task, tiny_data.samples("train"), tiny_data.samples("val"), cfg(), tmp_path)
+    scores = [h["val_prauc"] for h in result.history if "val_prauc" in h]
+    assert result.best_score == max(scores)
+    assert result.best_score > scores[0] + 0.05
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in log) and any("val_prauc" in r for r in log)
+
+
+def test_early_stopping_restores_best(tiny_data):
+    task = LinearTask(tiny_data)
+    result = train(
+        task, tiny_data.samples("train"), tiny_data.samples("val"), cfg(lr=1.0, patience=2), None
+    )
+    assert result.stopped_early
+    assert result.best_step < result.steps
+
+
+def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
+    train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
+    config = cfg(max_steps=23, eval_every=4)
+    ref = LinearTask(tiny_data)
+    train(ref, train_s, val_s, config, tmp_path / "ref")
+
+    def crash(step):
+        if step == 14:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(LinearTask(tiny_data), train_s, val_s, config, run, on_step=crash)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 12
+    resumed = LinearTask(
+        tiny_data, seed=123
+    )  # different init: everything comes from the checkpoint
+    result = train(resumed, train_s, val_s, config, run)
+    assert result.steps == 23
+    pairs = zip(ref.module.state_dict().values(), resumed.module.state_dict().values(), strict=True)
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_changed_options_refuse_to_resume(tiny_data, tmp_path):
+    from leader.errors import LeaderError
+
+    train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
+    train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4), tmp_path)
+    with pytest.raises(LeaderError, match="other training options"):
+        train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4, lr=0.01), tmp_path)
+
+
+def test_epoch_order_shards_disjoint():
+    a, b = epoch_order(11, 3, 2, 0, 2), epoch_order(11, 3, 2, 1, 2)
+    assert len(a) == len(b) == 5 and not set(a) & set(b)
+    assert (epoch_order(11, 3, 2) == epoch_order(11, 3, 2)).all()
+
+
+DDP_SCRIPT = """
+import hashlib, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import torch, torch.distributed as dist
+from conftest import make_tiny_dataset
+from leader.data.dataset import Dataset
+from leader.train import TrainConfig, train
+from train_tasks import LinearTask
+data = Dataset.load({data!r})
+task = LinearTask(data)
+train(task, data.samples("train"), data.samples("val"),
+      TrainConfig(epochs=3, batch_size=4, lr=0.05, progress=False), Path({run!r}))
+rank = dist.get_rank() if dist.is_initialized() else 0
+world = dist.get_world_size() if dist.is_initialized() else 1
+digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in task.module.state_dict().values()))
+Path({run!r}, f"rank{{rank}}-of-{{world}}.txt").write_text(digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_replicas_agree(tiny_data_dir, tmp_path):
+    run = tmp_path / "run"
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        DDP_SCRIPT.format(tests=str(Path(__file__).parent), data=str(tiny_data_dir), run=str(run))
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [(run / f"rank{r}-of-2.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
