@@ -56,5 +56,7 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m leader.cli`: commands register on leader.cli.app
+    from leader.cli import main as _main
+
+    _main()

@@ -130,9 +130,10 @@ def map_prescriptions(rx: pl.LazyFrame, drop_ndc_zero: bool = True) -> pl.LazyFr
         .list.first()
         .alias("_atc_gsn"),
     )
-    rx = rx.join(
-        ndc_map().lazy().rename({"ndc": "_ndc", "atc3": "_atc_ndc"}), on="_ndc", how="left"
-    ).join(name_map().lazy().rename({"name": "_name", "atc3": "_atc_name"}), on="_name", how="left")
+    ndc = ndc_map().lazy().rename({"ndc": "_ndc", "atc3": "_atc_ndc"})
+    name = name_map().lazy().rename({"name": "_name", "atc3": "_atc_name"})
+    rx = rx.join(ndc, on="_ndc", how="left", maintain_order="left")
+    rx = rx.join(name, on="_name", how="left", maintain_order="left")
     skip = pl.col("_ndc").is_null() if drop_ndc_zero else pl.lit(False)
     route = (
         pl.when(skip).then(pl.lit("no_ndc"))

@@ -85,12 +85,12 @@ class RawTables:
         return PROFILE_FIELDS[self.source]
 
     def label(self, table: str) -> str:
-        """The file name to put in messages (relative to the root the user gave)."""
-        path = self.files[table]
-        try:
-            return str(path.relative_to(self.root))
-        except ValueError:
-            return str(path)
+        return file_label(self.files[table], self.root)
+
+
+def file_label(path: Path, root: Path) -> str:
+    """The file name to put in messages and the manifest: relative to the root the user gave."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,9 +234,7 @@ def read_tables(source: str, root: str | Path) -> RawTables:
     files = {name: find_table(directory, stem) for name, (stem, _) in spec.items()}
 
     def scan(name: str) -> pl.LazyFrame:
-        path = files[name]
-        label = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
-        return scan_table(path, label, spec[name][1])
+        return scan_table(files[name], file_label(files[name], root), spec[name][1])
 
     if source == "mimic3":
         tables = _mimic3(scan)

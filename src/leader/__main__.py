@@ -1,0 +1,5 @@
+"""`python -m leader` runs the CLI."""
+
+from leader.cli import main
+
+main()
