@@ -1,3 +1,5 @@
 #!/usr/bin/env bash
 # Things the tests need outside the virtual environment (installed once, skipped when present).
 set -euo pipefail
+# The browser test (tests/test_browser.py) drives Debian's chromium through playwright's client.
+command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)

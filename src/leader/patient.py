@@ -1,0 +1,267 @@
+"""The patient a caller gives us: a strict JSON schema, its limits, and its mapping to a Sample.
+
+A patient is ``{"profile": {field: value}, "visits": [{"diagnoses": [...], "procedures": [...],
+"drugs": [...], "icd_version": 9|10}, ...]}``, oldest visit first; the last visit is the one to
+recommend for (its drugs are ignored). Types are strict (no "9" for 9, no number for a code) and
+unknown fields are refused, so a typo fails loudly instead of silently dropping information.
+
+Codes are canonicalised the way ``prepare`` writes them:
+
+- ICD codes (diagnoses, procedures) may carry their version, ``icd10:I10``, else they take the
+  visit's ``icd_version``, else the default: the version most of the model's vocabulary uses.
+  Dots are dropped (``401.9`` == ``4019``).
+- Drugs of earlier visits are ATC codes (``N02B``; longer ATC codes are cut to level 3) or NDCs
+  (11 digits, dashes allowed, ``ndc:`` prefix optional), mapped to ATC3 with the same bundled
+  tables as ``prepare`` (:func:`leader.data.drugs.ndc_map`).
+
+Codes the model does not know are ignored and reported as warnings, never fatal: a clinician's
+patient is not wrong because the training cohort never saw one of its codes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from leader.data.dataset import UNKNOWN, Schema, icd_key
+from leader.data.samples import Sample, Visit
+from leader.errors import LeaderError
+
+CODE_KINDS = ("diagnoses", "procedures", "drugs")
+ICD_PREFIX = re.compile(r"^icd(9|10):", re.IGNORECASE)
+ATC_CODE = re.compile(r"^[A-Z]\d\d[A-Z]")
+NDC_CODE = re.compile(r"^\d[\d-]{0,12}$")
+MAX_ERRORS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one patient; they keep a hostile or broken request from costing real work."""
+
+    max_visits: int = 100
+    max_codes_per_visit: int = 1000
+    max_code_length: int = 32
+    max_profile_fields: int = 64
+    max_profile_value_length: int = 128
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@cache
+def patient_model(limits: Limits = DEFAULT_LIMITS) -> type[BaseModel]:
+    """The pydantic model of a patient under ``limits`` (one class per distinct limits)."""
+    strict = ConfigDict(extra="forbid", strict=True)
+    code = Annotated[str, Field(min_length=1, max_length=limits.max_code_length)]
+    codes = Annotated[
+        list[code],
+        Field(default_factory=list, max_length=limits.max_codes_per_visit),
+    ]
+    visit = create_model(
+        "VisitIn",
+        __config__=strict,
+        __doc__="One hospital visit. Codes per kind; per-code ICD version prefix allowed.",
+        diagnoses=(codes, Field(description="ICD-9-CM / ICD-10-CM codes, e.g. 401.9, icd10:I10")),
+        procedures=(codes, Field(description="ICD-9 procedure / ICD-10-PCS codes")),
+        drugs=(
+            codes,
+            Field(description="Earlier visits only: ATC codes (N02B) or 11-digit NDCs"),
+        ),
+        icd_version=(
+            Literal[9, 10] | None,
+            Field(None, description="ICD version of this visit's bare codes"),
+        ),
+    )
+    value = (
+        Annotated[str, Field(max_length=limits.max_profile_value_length)]
+        | Annotated[int, Field(ge=0, le=150)]
+        | None
+    )
+    return create_model(
+        "Patient",
+        __config__=strict,
+        __doc__="A patient: profile and visits, oldest first; the last visit is recommended for.",
+        id=(
+            Annotated[str, Field(max_length=128)] | None,
+            Field(None, description="Caller's identifier, echoed back; never used by the model"),
+        ),
+        profile=(
+            Annotated[dict[str, value], Field(max_length=limits.max_profile_fields)],
+            Field(
+                default_factory=dict,
+                description="Profile fields, e.g. gender, age (years, int), insurance",
+            ),
+        ),
+        visits=(
+            Annotated[list[visit], Field(min_length=1, max_length=limits.max_visits)],
+            Field(description="Visits, oldest first; at least one"),
+        ),
+    )
+
+
+Patient = patient_model()
+
+
+def patient_json_schema(limits: Limits = DEFAULT_LIMITS) -> dict:
+    """JSON Schema of the patient input (for docs and the OpenAPI description)."""
+    return patient_model(limits).model_json_schema()
+
+
+def describe_validation_error(err: ValidationError, where: str = "patient") -> str:
+    """One readable line per problem, naming the field path; the input value is not echoed."""
+    parts = []
+    for e in err.errors()[:MAX_ERRORS_SHOWN]:
+        path = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
+        parts.append(f"{path}: {_message(e)}")
+    more = len(err.errors()) - MAX_ERRORS_SHOWN
+    if more > 0:
+        parts.append(f"... and {more} more problems")
+    return "; ".join(parts)
+
+
+def _message(e: dict) -> str:
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return (
+            "unknown field (allowed: profile, visits, id; in a visit: diagnoses, "
+            "procedures, drugs, icd_version)"
+        )
+    if kind == "too_long" and "max_length" in ctx:
+        return f"too many items (at most {ctx['max_length']})"
+    if kind == "string_too_long":
+        return f"too long (at most {ctx.get('max_length')} characters)"
+    if kind == "too_short" and "min_length" in ctx:
+        return f"needs at least {ctx['min_length']} item(s)"
+    return e["msg"]
+
+
+def validate_patient(obj: Any, limits: Limits = DEFAULT_LIMITS, where: str = "patient"):
+    """A plain JSON value → a validated patient, or :class:`LeaderError` naming the field."""
+    model = patient_model(limits)
+    if isinstance(obj, model):
+        return obj
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump()
+    if not isinstance(obj, dict):
+        raise LeaderError(f"{where}: expected a JSON object with 'profile' and 'visits'")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        raise LeaderError(describe_validation_error(e, where)) from None
+
+
+def default_icd_version(schema: Schema) -> int:
+    """The ICD version most of the model's diagnosis and procedure vocabulary uses."""
+    versions = Counter(
+        c.split(":", 1)[0] for k in ("diagnoses", "procedures") for c in schema.vocab[k].codes
+    )
+    top = versions.most_common(1)
+    return int(top[0][0].removeprefix("icd")) if top and top[0][0] in ("icd9", "icd10") else 9
+
+
+@cache
+def _ndc_to_atc3() -> dict[str, str]:
+    from leader.data.drugs import ndc_map
+
+    table = ndc_map()
+    return dict(zip(table["ndc"].to_list(), table["atc3"].to_list(), strict=True))
+
+
+def icd_code(code: str, version: int) -> str:
+    """``icd10:I10`` / ``I10`` / ``401.9`` → the vocabulary key (``icd10:I10``, ``icd9:4019``)."""
+    text = code.strip()
+    m = ICD_PREFIX.match(text)
+    if m:
+        return icd_key(text[m.end() :], m.group(1))
+    return icd_key(text, version)
+
+
+def drug_code(code: str) -> str | None:
+    """An ATC or NDC code → its ATC3 class, or None when it cannot be mapped."""
+    text = code.strip().upper()
+    if text.startswith("NDC:"):
+        text = text[4:].strip()
+    elif text.startswith("ATC:"):
+        text = text[4:].strip()
+    if NDC_CODE.match(text):
+        digits = text.replace("-", "")
+        if len(digits) > 11:
+            return None
+        return _ndc_to_atc3().get(digits.zfill(11))
+    return text[:4] if ATC_CODE.match(text) else None
+
+
+class PatientReader:
+    """Maps validated patients onto one model's vocabulary (built once per loaded model)."""
+
+    def __init__(self, schema: Schema, limits: Limits = DEFAULT_LIMITS):
+        self.schema = schema
+        self.limits = limits
+        self.default_icd_version = default_icd_version(schema)
+        self.index = {k: schema.vocab[k].index for k in CODE_KINDS}
+
+    def to_sample(self, patient: Any, patient_id: str = "patient") -> tuple[Sample, list[str]]:
+        """Validate (if needed) and map a patient; return the sample and its warnings."""
+        p = validate_patient(patient, self.limits)
+        warnings: list[str] = []
+        last = len(p.visits) - 1
+        visits = []
+        for i, v in enumerate(p.visits):
+            version = v.icd_version or self.default_icd_version
+            dx = self._known([icd_code(c, version) for c in v.diagnoses], "diagnoses", i, warnings)
+            px = [icd_code(c, version) for c in v.procedures]
+            px = self._known(px, "procedures", i, warnings)
+            drugs: list[str] = []
+            if i == last and v.drugs:
+                warnings.append(
+                    f"visits[{i}].drugs: this is the visit to recommend for; its drugs are ignored"
+                )
+            elif v.drugs:
+                mapped = [(c, drug_code(c)) for c in v.drugs]
+                unmapped = [c for c, atc in mapped if atc is None]
+                if unmapped:
+                    warnings.append(
+                        f"visits[{i}].drugs: not an ATC code or a known NDC, ignored: {unmapped}"
+                    )
+                drugs = self._known([a for _, a in mapped if a], "drugs", i, warnings)
+            visits.append(Visit(tuple(dx), tuple(px), tuple(dict.fromkeys(drugs))))
+        if not visits[-1].diagnoses and not visits[-1].procedures:
+            warnings.append(
+                f"visits[{last}]: no diagnosis or procedure the model knows; "
+                "the recommendation rests on the profile and history only"
+            )
+        profile = self._profile(p.profile, warnings)
+        pid = p.id or patient_id
+        return Sample(f"{pid}/{last}", pid, tuple(visits), profile), warnings
+
+    def _known(self, keys: list[str], kind: str, i: int, warnings: list[str]) -> list[str]:
+        index = self.index[kind]
+        unknown = [k for k in keys if k not in index]
+        if unknown:
+            warnings.append(f"visits[{i}].{kind}: unknown to the model, ignored: {unknown}")
+        return list(dict.fromkeys(k for k in keys if k in index))
+
+    def _profile(self, given: dict, warnings: list[str]) -> dict:
+        fields = self.schema.profile_fields
+        extra = sorted(set(given) - set(fields))
+        if extra:
+            warnings.append(f"profile: fields unknown to the model, ignored: {extra}")
+        profile: dict[str, Any] = {}
+        for f in fields:
+            value = given.get(f)
+            if f == "age":
+                if isinstance(value, str):
+                    value = int(value) if value.strip().isdigit() else None
+                    if value is None and given.get(f):
+                        warnings.append("profile.age: expected years as a number; ignored")
+                profile[f] = value
+                continue
+            if value is not None and str(value) not in self.schema.profile_vocab[f]:
+                warnings.append(f"profile.{f}: value {str(value)!r} unknown to the model")
+            profile[f] = UNKNOWN if value is None else str(value)
+        return profile

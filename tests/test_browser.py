@@ -1,0 +1,121 @@
+"""The web page end to end in a real headless Chromium (Debian's `chromium`, driven by
+playwright's Python client; scripts/test-setup.sh installs the browser): search a code by its
+title, fill the profile, add an earlier visit, submit, read the ranking and the DDI warning."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import recommend_fixtures
+import uvicorn
+
+import leader
+from leader.serve import ServeSettings, create_app
+
+bundles = recommend_fixtures.bundles  # the shared session fixture
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which(CHROMIUM) is None, reason="chromium missing: run scripts/test-setup.sh"
+    ),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(bundles):
+    rec = leader.load(bundles["ddi"])
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(rec, ServeSettings(port=port)),
+        host="127.0.0.1",
+        port=port,
+        access_log=False,
+        log_level="warning",
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_fill_form_and_read_result(server, tiny_data):
+    from playwright.sync_api import expect, sync_playwright
+
+    a, b = tiny_data.ddi_pairs[0]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(server + "/")
+            expect(page.locator("#model-line")).to_contain_text("popular-")
+            page.select_option("#profile-gender", "F")
+            page.fill("#profile-age", "67")
+
+            # search by words of the title, pick the suggestion
+            page.fill("#dx-input", "diagnosis icd9:40")
+            page.locator("#dx-suggest li").first.wait_for()
+            first = page.locator("#dx-suggest li").first.get_attribute("data-code")
+            page.locator("#dx-suggest li").first.click()
+            expect(page.locator(f'#dx-chips .chip[data-code="{first}"]')).to_be_visible()
+            # a code typed as is (unknown to the model) is sent and comes back as a warning
+            page.fill("#px-input", "99.99")
+            page.wait_for_timeout(300)
+            page.press("#px-input", "Enter")
+            page.click("#add-visit")
+            page.fill("#h0-drugs-input", a)
+            page.locator("#h0-drugs-suggest li").first.wait_for()
+            page.press("#h0-drugs-input", "Enter")
+            expect(page.locator(f'#h0-drugs-chips .chip[data-code="{a}"]')).to_be_visible()
+
+            page.fill("#top-k", "2")
+            page.click("#submit")
+            expect(page.locator("#result")).to_be_visible()
+            rows = page.locator("#ranked tbody tr")
+            expect(rows.first).to_have_attribute("data-code", a)
+            expect(rows.nth(1)).to_have_attribute("data-code", b)
+            assert page.locator("#ranked tbody tr.recommended").count() == 2
+            assert rows.count() == min(20, len(tiny_data.drugs))
+            expect(page.locator("#ddi")).to_contain_text(tiny_data.drugs.title(a))
+            expect(page.locator("#ddi")).to_contain_text(tiny_data.drugs.title(b))
+            expect(page.locator("#warnings")).to_contain_text("icd9:9999")
+            width = page.locator("#ranked tbody tr .bar span").first.evaluate("e => e.style.width")
+            assert width == "90%"
+            expect(page.locator("#show-all")).to_be_hidden()  # every class is already shown
+
+            # a bad request shows the server's message instead of a result
+            page.fill("#dx-input", "X" * 40)
+            page.press("#dx-input", "Enter")
+            page.click("#submit")
+            expect(page.locator("#error")).to_contain_text("at most 32 characters")
+            assert errors == []
+        finally:
+            browser.close()
