@@ -13,7 +13,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import torch  # noqa: E402
+
 from leader.artifacts import atomic_dir  # noqa: E402
+
+# Tiny models on a 2-core machine: a second thread only contends (one training test: 24 s → 1 s).
+torch.set_num_threads(1)
 from leader.data.dataset import UNKNOWN, Vocab, age_bucket, write_dataset  # noqa: E402
 
 PROFILE_FIELDS = [

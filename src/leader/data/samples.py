@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -98,13 +99,17 @@ def build_samples(
 
 
 def multi_hot(codes_per_sample: Sequence[Sequence[str]], vocab: Vocab) -> torch.Tensor:
-    out = torch.zeros(len(codes_per_sample), len(vocab))
+    index = vocab.index
+    rows, cols = [], []
     for i, codes in enumerate(codes_per_sample):
         for c in codes:
-            j = vocab.index.get(c)
+            j = index.get(c)
             if j is not None:
-                out[i, j] = 1.0
-    return out
+                rows.append(i)
+                cols.append(j)
+    out = np.zeros((len(codes_per_sample), len(vocab)), dtype=np.float32)
+    out[rows, cols] = 1.0  # one vectorised write: this runs for every batch
+    return torch.from_numpy(out)
 
 
 @dataclass
@@ -173,6 +178,7 @@ class CodeEncoder:
         return out
 
     def collate(self, samples: Sequence) -> CodeBatch:
+        """Pad a batch; filled in numpy (one slice write per set), since it runs per request."""
         B, V = len(samples), self.max_visits
         rows = []
         L = 1
@@ -185,24 +191,30 @@ class CodeEncoder:
                 self._ids(s.visits[offset + t - 1].drugs, "drugs") if offset + t > 0 else []
                 for t in range(len(visits))
             ]
-            first = [offset + t == 0 for t in range(len(visits))]
             L = max(L, *(len(x) for x in dx + px + prev))
-            rows.append((dx, px, prev, first))
-        dx_t = torch.zeros(B, V, L, dtype=torch.long)
-        px_t = torch.zeros(B, V, L, dtype=torch.long)
-        md_t = torch.zeros(B, V, L, dtype=torch.long)
-        first_t = torch.zeros(B, V, dtype=torch.bool)
-        mask_t = torch.zeros(B, V, dtype=torch.bool)
-        for b, (dx, px, prev, first) in enumerate(rows):
+            rows.append((dx, px, prev, offset == 0))
+        codes = np.zeros((3, B, V, L), dtype=np.int64)
+        first_t = np.zeros((B, V), dtype=bool)
+        mask_t = np.zeros((B, V), dtype=bool)
+        for b, (dx, px, prev, starts_record) in enumerate(rows):
             start = V - len(dx)
             for t in range(len(dx)):
-                for tensor, ids in ((dx_t, dx[t]), (px_t, px[t]), (md_t, prev[t])):
+                for k, ids in enumerate((dx[t], px[t], prev[t])):
                     if ids:
-                        tensor[b, start + t, : len(ids)] = torch.tensor(ids)
-                first_t[b, start + t] = first[t]
-                mask_t[b, start + t] = True
+                        codes[k, b, start + t, : len(ids)] = ids
+            first_t[b, start] = starts_record  # only a kept first visit has no drug record
+            mask_t[b, start:] = True
         profile = torch.tensor([self.profile_ids(s.profile) for s in samples], dtype=torch.long)
         if profile.ndim == 1:
             profile = profile.view(B, 0)
         target = multi_hot([s.target for s in samples], self.vocab["drugs"])
-        return CodeBatch(dx_t, px_t, md_t, first_t, mask_t, profile, target)
+        tensors = torch.from_numpy(codes)
+        return CodeBatch(
+            tensors[0],
+            tensors[1],
+            tensors[2],
+            torch.from_numpy(first_t),
+            torch.from_numpy(mask_t),
+            profile,
+            target,
+        )
