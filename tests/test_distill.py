@@ -22,8 +22,6 @@ from leader.distill import (
 from leader.errors import LeaderError
 from leader.models.student import Student
 
-
-
 # --- the loss terms by hand --------------------------------------------------------------------
 
 
