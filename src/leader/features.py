@@ -1,0 +1,181 @@
+"""Teacher features for distillation: pooled hidden states and drug logits, per sample id.
+
+Layout of ``TEACHER_DIR/features/``::
+
+    <split>-<shard:05d>.safetensors   tensors "hidden" [n, H] and "logits" [n, |drugs|] (fp32);
+                                      metadata: teacher_hash, data_hash, split, ids (JSON list)
+    index.json                        teacher_hash, data_hash, hidden_size, per split: shards, n
+
+Each shard is written to a temporary name and renamed, so a killed export leaves only complete
+shards; rerunning skips every shard that already exists with the same teacher, data and ids.
+``load_features`` refuses files made by another teacher or from another dataset.
+
+The teacher hash is the SHA-256 of the bundle manifest's ``files`` table (the hashes of its
+weights, config and vocabulary), so retraining into the same directory changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from leader.artifacts import MANIFEST, read_json, write_json
+from leader.data.dataset import SPLITS, Dataset
+from leader.errors import LeaderError
+
+FEATURES = "features"
+INDEX = "index.json"
+DEFAULT_SHARD_SIZE = 256
+
+
+def teacher_hash(teacher_dir: str | Path) -> str:
+    manifest = read_json(Path(teacher_dir) / MANIFEST)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if manifest.get("model") != "teacher" or not isinstance(files, dict):
+        raise LeaderError(f"{teacher_dir}: not a teacher directory (manifest model is not teacher)")
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def _as_dataset(data: str | Path | Dataset) -> Dataset:
+    return data if isinstance(data, Dataset) else Dataset.load(data)
+
+
+def shard_path(directory: Path, split: str, shard: int) -> Path:
+    return directory / f"{split}-{shard:05d}.safetensors"
+
+
+def _shard_ok(path: Path, expected: dict[str, str]) -> bool:
+    """A finished shard from this teacher, this data and these sample ids."""
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # a damaged file is simply redone
+        return False
+    return all(meta.get(k) == v for k, v in expected.items())
+
+
+def export_features(
+    teacher_dir: str | Path,
+    data_dir: str | Path | Dataset,
+    batch_size: int = 16,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> dict:
+    """Write the features of every sample of every split; returns the index (with counts)."""
+    from leader.bundle import load
+
+    teacher_dir = Path(teacher_dir)
+    thash = teacher_hash(teacher_dir)
+    data = _as_dataset(data_dir)
+    rec = load(teacher_dir)
+    teacher = rec.model
+    if rec.schema.drugs.codes != data.drugs.codes:
+        raise LeaderError(
+            f"{data.root}: its drug vocabulary differs from the teacher's; export features "
+            "with the data the teacher was trained on"
+        )
+    out = teacher_dir / FEATURES
+    out.mkdir(exist_ok=True)
+    per_split = {s: data.samples(s) for s in SPLITS}
+    if on_total is not None:
+        on_total(sum(len(v) for v in per_split.values()))
+    index: dict = {
+        "teacher_hash": thash,
+        "data_hash": data.data_hash,
+        "hidden_size": int(teacher.config.get("hidden_size", 0)),
+        "drugs": len(data.drugs),
+        "splits": {},
+    }
+    done = skipped = 0
+    for split, samples in per_split.items():
+        shards = []
+        for k, start in enumerate(range(0, len(samples), shard_size)):
+            chunk = samples[start : start + shard_size]
+            ids = [s.sample_id for s in chunk]
+            meta = {"teacher_hash": thash, "data_hash": data.data_hash, "split": split,
+                    "ids": json.dumps(ids)}
+            path = shard_path(out, split, k)
+            shards.append(path.name)
+            if _shard_ok(path, meta):
+                skipped += len(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
+                continue
+            hidden, logits = [], []
+            for b in range(0, len(chunk), batch_size):
+                h, lg = teacher.encode(chunk[b : b + batch_size])
+                hidden.append(h)
+                logits.append(lg)
+                if on_progress is not None:
+                    on_progress(len(chunk[b : b + batch_size]))
+            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tensors = {"hidden": torch.cat(hidden), "logits": torch.cat(logits)}
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+            done += len(chunk)
+        index["splits"][split] = {"shards": shards, "n": len(samples)}
+    tmp_index = out / f".{INDEX}.tmp-{os.getpid()}"
+    write_json(tmp_index, index)
+    os.replace(tmp_index, out / INDEX)
+    return {**index, "computed": done, "reused": skipped, "dir": str(out)}
+
+
+def load_features(
+    teacher_dir: str | Path, data: str | Path | Dataset, split: str
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(sample ids, hidden [N, H], logits [N, |drugs|]) of ``split``, checked against both the
+    teacher (its current files) and the dataset (its hash)."""
+    teacher_dir = Path(teacher_dir)
+    directory = teacher_dir / FEATURES
+    if split not in SPLITS:
+        raise LeaderError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    if not (directory / INDEX).is_file():
+        raise LeaderError(
+            f"{directory}: no exported features; run `leader export-features --teacher "
+            f"{teacher_dir} --data DATA_DIR` first"
+        )
+    index = read_json(directory / INDEX)
+    thash = teacher_hash(teacher_dir)
+    dhash = _as_dataset(data).data_hash
+    if index.get("teacher_hash") != thash:
+        raise LeaderError(
+            f"{directory / INDEX}: features were exported by another teacher (hash "
+            f"{str(index.get('teacher_hash'))[:12]}, this teacher is {thash[:12]}); export again"
+        )
+    if index.get("data_hash") != dhash:
+        raise LeaderError(
+            f"{directory / INDEX}: features were exported from another dataset (data hash "
+            f"{str(index.get('data_hash'))[:12]}, expected {dhash[:12]}); export them from it"
+        )
+    entry = index.get("splits", {}).get(split)
+    if entry is None:
+        raise LeaderError(f"{directory / INDEX}: no features for split {split!r}")
+    ids: list[str] = []
+    hidden, logits = [], []
+    for name in entry["shards"]:
+        path = directory / name
+        expected = {"teacher_hash": thash, "data_hash": dhash, "split": split}
+        if not _shard_ok(path, expected):
+            raise LeaderError(f"{path}: missing, damaged or from another teacher/dataset; "
+                              "run export-features again")
+        with safe_open(str(path), framework="pt") as f:
+            ids.extend(json.loads(f.metadata()["ids"]))
+        tensors = load_file(str(path))
+        hidden.append(tensors["hidden"])
+        logits.append(tensors["logits"])
+    if len(ids) != entry["n"]:
+        raise LeaderError(f"{directory}: split {split!r} has {len(ids)} features, expected "
+                          f"{entry['n']}; run export-features again")
+    if not hidden:
+        return [], torch.zeros(0, index.get("hidden_size", 0)), torch.zeros(0, index["drugs"])
+    return ids, torch.cat(hidden), torch.cat(logits)
