@@ -240,7 +240,7 @@ def test_cli_distills_from_teacher_features(cli, tiny_data_dir, teacher_dir, tmp
     assert "student test" in result.output and "teacher val" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) >= {"jaccard", "f1", "prauc", "ddi_rate", "avg_meds"}
-    assert metrics["val"]["visits"] == len(Dataset.load(tiny_data_dir).samples("val"))
+    assert metrics["val"]["n_visits"] == len(Dataset.load(tiny_data_dir).samples("val"))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["distillation"]["alpha"] == 0.4 and manifest["distillation"]["teacher_hash"]
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]

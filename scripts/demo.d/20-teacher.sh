@@ -6,5 +6,5 @@ DATA="$DEMO_OUT/data"
 PATIENT=$(python -c "import polars as pl,sys; print(pl.read_parquet(sys.argv[1]).sort('visit_index').row(-1, named=True)['patient_id'])" "$DATA/visits.parquet")
 leader prompt "$DATA" --patient "$PATIENT" --max-length 512
 leader train-teacher --data "$DATA" --out "$DEMO_OUT/teacher" --llm smollm2 \
-  --max-steps 4 --batch-size 4 --max-length 256 --force
+  --max-steps 4 --batch-size 4 --max-length 512 --force
 leader export-features --teacher "$DEMO_OUT/teacher" --data "$DATA"

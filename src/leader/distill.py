@@ -16,14 +16,12 @@ other patients' sets in the batch, so the profile learns to stand in for a drug 
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,9 +30,9 @@ from leader.artifacts import check_can_write, read_json
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, Sample
 from leader.errors import LeaderError
-from leader.metrics import per_visit, summarize
+from leader.evaluation import split_metrics
 from leader.models.student import Student, StudentModule
-from leader.train import LOG, TrainConfig, TrainResult, train
+from leader.train import LOG, TrainConfig, TrainResult, prepare_run_dir, run_dir_for, train
 
 # LEADER's reference weights per data source (α distillation, β alignment)
 SOURCE_DEFAULTS = {"mimic3": (0.4, 0.005), "mimic4": (0.8, 0.01)}
@@ -336,22 +334,6 @@ def fit(
     return result
 
 
-def evaluate_split(
-    model: Student, samples: Sequence[Sample], ddi: np.ndarray, threshold: float
-) -> dict[str, float]:
-    """The five metrics of the lineage at ``threshold`` on one split."""
-    if not samples:
-        return {}
-    probs = model.predict_proba(samples)
-    truth = model.encoder.collate(samples).target.numpy()
-    return {**summarize(per_visit(truth, probs, ddi, threshold)), "visits": len(samples)}
-
-
-def run_dir_for(out: Path) -> Path:
-    """Training checkpoints live next to the bundle: ``.<name>.run/`` (resume = rerun)."""
-    return out.parent / f".{out.name}.run"
-
-
 @dataclass
 class DistillResult:
     out: Path
@@ -388,7 +370,7 @@ def distill(
     thash = _teacher_hash(teacher) if resolved.alpha else None
     run_dir = run_dir_for(out)
     compared = {k: v for k, v in asdict(resolved).items() if k != "progress"}
-    _prepare_run_dir(
+    prepare_run_dir(
         run_dir,
         {
             "model": student.config,
@@ -399,11 +381,7 @@ def distill(
         force,
     )
     result = fit(student, data, resolved, run_dir=run_dir, features=features)
-    ddi = data.ddi_matrix
-    metrics = {
-        split: evaluate_split(student, data.samples(split), ddi, resolved.threshold)
-        for split in ("val", "test")
-    }
+    metrics = split_metrics(student, data, resolved.threshold)
     metrics["training"] = {
         "best_val_prauc": result.best_score,
         "best_step": result.best_step,
@@ -434,20 +412,3 @@ def _teacher_hash(teacher: Path | None) -> str | None:
     from leader.features import teacher_hash
 
     return teacher_hash(teacher) if teacher is not None else None
-
-
-def _prepare_run_dir(run_dir: Path, options: dict, force: bool) -> None:
-    """Resume only a run started with the same options; with ``force`` start again."""
-    path = run_dir / "options.json"
-    wanted = json.loads(json.dumps(options, default=str))
-    if run_dir.exists():
-        same = path.is_file() and json.loads(path.read_text()) == wanted
-        if not same:
-            if not force:
-                raise LeaderError(
-                    f"{run_dir}: an interrupted run with other options is there; rerun it with "
-                    "the same options to resume, or --force to start again"
-                )
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=2))

@@ -35,6 +35,7 @@ from leader.errors import LeaderError
 from leader.metrics import average_precision
 
 CHECKPOINT = "checkpoint"
+RUN_IDENTITY = "run.json"
 BEST = "best.safetensors"
 LOG = "log.jsonl"
 
@@ -140,6 +141,35 @@ def validation_prauc(task: Task, samples: Sequence[Sample], batch_size: int, mod
     )
     ap = average_precision(truth > 0, probs)
     return float(np.nanmean(ap)) if not np.isnan(ap).all() else float("nan")
+
+
+# --- run directories ---------------------------------------------------------------------------
+
+
+def run_dir_for(out: Path) -> Path:
+    """Checkpoints live beside an artifact (``.<name>.run/``), which only appears when done."""
+    out = Path(out)
+    return out.parent / f".{out.name}.run"
+
+
+def prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
+    """Resume only a run started with the same options and data; ``force`` starts again.
+
+    ``identity`` is everything that changes the result (model config, options, input hashes).
+    """
+    wanted = json.loads(json.dumps(identity, default=str))
+    path = run_dir / RUN_IDENTITY
+    if run_dir.exists():
+        same = path.is_file() and json.loads(path.read_text()) == wanted
+        if not same:
+            if not force:
+                raise LeaderError(
+                    f"{run_dir}: holds an unfinished run with other options or data; rerun the "
+                    "same command to resume it, or add --force to start again"
+                )
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2))
 
 
 # --- checkpoints -------------------------------------------------------------------------------

@@ -24,15 +24,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leader.artifacts import check_can_write, read_json, write_json
+from leader.artifacts import check_can_write
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, multi_hot
 from leader.errors import LeaderError
 from leader.models.base import MedModel, register
 from leader.prompts import DEFAULT_HISTORY, PromptBuilder
+from leader.train import (
+    TrainConfig,
+    load_trainable_state,
+    prepare_run_dir,
+    run_dir_for,
+    train,
+    trainable_state,
+)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-RUN_CONFIG = "teacher-run.json"
 TRAIN_LOG = "log.jsonl"
 
 DEFAULTS: dict[str, Any] = {
@@ -265,7 +272,6 @@ class Teacher(MedModel):
         on_step: Callable[[int], None] | None = None,
         progress: bool = True,
     ) -> Teacher:
-        from leader.train import TrainConfig, train
 
         task = self.task()
         cfg = TrainConfig(**self.config["train"], progress=progress)
@@ -295,12 +301,10 @@ class Teacher(MedModel):
 
     # state: only what training changed (LoRA adapter + drug layer); the backbone is rebuilt
     def state_dict(self) -> dict[str, torch.Tensor]:
-        from leader.train import trainable_state
 
         return trainable_state(self.module) if self.module is not None else {}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        from leader.train import load_trainable_state
 
         expected = set(self.state_dict())
         if set(tensors) != expected:
@@ -328,11 +332,6 @@ def _device() -> torch.device:
 # --- `leader train-teacher` --------------------------------------------------------------------
 
 
-def run_dir_for(out: Path) -> Path:
-    """Checkpoints live beside TEACHER_DIR (which only appears, atomically, when done)."""
-    return out.parent / f".{out.name}.run"
-
-
 def train_teacher(
     data_dir: str | Path,
     out: str | Path,
@@ -348,7 +347,7 @@ def train_teacher(
     checkpoint from other options is refused unless ``force`` (which starts again).
     """
     from leader.bundle import save_bundle
-    from leader.metrics import per_visit, summarize
+    from leader.evaluation import split_metrics
 
     out = Path(out)
     check_can_write(out, force)
@@ -359,46 +358,21 @@ def train_teacher(
     is_main = int(os.environ.get("RANK", 0)) == 0
     identity = {"config": model.config, "data_hash": data.data_hash}
     if is_main:
-        _prepare_run_dir(run_dir, identity, force)
+        prepare_run_dir(run_dir, identity, force)
     model.fit(data, run_dir, on_step=on_step, progress=progress)
-    summary: dict[str, Any] = {"out": str(out), "train": model.result}
-    val = data.samples("val")
-    if val:
-        probs = model.predict_proba(val)
-        truth = multi_hot([s.target for s in val], data.drugs).numpy()
-        summary["val"] = summarize(per_visit(truth, probs, data.ddi_matrix, 0.5))
+    metrics = split_metrics(model, data)
+    summary: dict[str, Any] = {"out": str(out), "train": model.result, **metrics}
     if not is_main:
         return summary
     save_bundle(
         model,
         out,
-        metrics={"val": summary["val"]} if "val" in summary else {},
+        metrics=metrics,
         force=force,
         extra={"llm": model.config["llm"], "training": model.result},
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary
-
-
-def _prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
-    identity = _jsonable(identity)
-    if (run_dir / RUN_CONFIG).is_file():
-        if read_json(run_dir / RUN_CONFIG) == identity:
-            return  # same command again: resume
-        if not force:
-            raise LeaderError(
-                f"{run_dir}: holds an unfinished run with other options or data; rerun the same "
-                "command to resume it, or add --force to start again"
-            )
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    write_json(run_dir / RUN_CONFIG, identity)
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
 
 
 def tokens_per_prompt(model: Teacher, samples: Sequence[Sample]) -> float:
