@@ -18,6 +18,20 @@ import numpy as np
 
 METRICS = ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds")
 
+# Written into every EVAL.json so a number never travels without the rules that made it.
+CONVENTIONS = {
+    "jaccard_f1_both_empty": 1.0,
+    "jaccard_f1_one_empty": 0.0,
+    "prauc": "average precision of the scores per visit (step-wise, ties grouped); "
+    "visits without a true drug are left out of the mean",
+    "ddi_rate": "interacting predicted pairs / all predicted pairs, pooled over the visits "
+    "(GAMENet/SafeDrug); 0 when no visit has two predicted drugs",
+    "avg_meds": "mean size of the predicted set",
+    "prediction": "a drug is predicted when its score >= threshold",
+}
+# The validation grid of --tune-threshold: coarse enough to not overfit a small validation set.
+THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Average precision per row; NaN for rows without a positive."""
@@ -118,3 +132,22 @@ def resampled(
             "ci95": [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))],
         }
     return out
+
+
+def tune_threshold(
+    y_true: np.ndarray, scores: np.ndarray, grid: tuple[float, ...] = THRESHOLD_GRID
+) -> tuple[float, float]:
+    """The grid threshold with the best mean Jaccard (ties: the one nearest 0.5) and that Jaccard.
+
+    The same rule for every model, so no model gets a threshold hand-picked for it.
+    """
+    if len(y_true) == 0:
+        raise ValueError("cannot tune a threshold on zero visits")
+    y_true = np.asarray(y_true, dtype=bool)
+    best = (-1.0, 0.0, 0.5)  # (jaccard, -distance to 0.5, threshold)
+    for t in grid:
+        pred = np.asarray(scores) >= t
+        inter, union = (pred & y_true).sum(1), (pred | y_true).sum(1)
+        j = float(np.where(union == 0, 1.0, inter / np.maximum(union, 1)).mean())
+        best = max(best, (j, -abs(t - 0.5), t))
+    return best[2], best[0]

@@ -1,0 +1,237 @@
+"""`leader evaluate`: score one model bundle on one split under one stated protocol.
+
+Every model is scored only through ``Recommender.predict_proba``, with one threshold rule for all
+models and seeded resamples that depend only on (number of visits, rounds, frac, seed), so two
+models evaluated with the same options are compared on identical draws. The result is the
+``EVAL.json`` layout other tools read::
+
+    {"protocol": {split, rounds, frac, with_replacement, seed, threshold, threshold_rule,
+                  conventions, ...},
+     "metrics": {"jaccard": {"mean", "std", "ci95"}, "prauc", "f1", "ddi_rate", "avg_meds"},
+     "groups": {"first_visit": {"n_visits", "metrics"}, "returning": {...},
+                "by_visits": {"1": {...}, "2": {...}, "3+": {...}}},
+     "model": {name, dir, parameters, manifest_sha256, inference_ms_per_visit, ...},
+     "data": {source, dir, hash, split, n_visits, n_patients, same_cohort_as_model}}
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leader.artifacts import MANIFEST, sha256_file
+from leader.bundle import Recommender, load
+from leader.data.dataset import SPLITS, Dataset
+from leader.data.samples import Sample, multi_hot
+from leader.errors import LeaderError
+from leader.metrics import (
+    CONVENTIONS,
+    THRESHOLD_GRID,
+    per_visit,
+    resample_indices,
+    resampled,
+    summarize,
+    tune_threshold,
+)
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def protocol_line(protocol: dict) -> str:
+    """One line that travels with every printed table."""
+    return (
+        f"split {protocol['split']}, {protocol['rounds']} resamples of "
+        f"{protocol['frac']:.0%} with replacement (seed {protocol['seed']}), "
+        f"threshold {protocol['threshold']:g} ({protocol['threshold_rule']})"
+    )
+
+
+def as_recommender(model: str | Path | Recommender) -> Recommender:
+    return model if isinstance(model, Recommender) else load(model)
+
+
+def as_dataset(data: str | Path | Dataset) -> Dataset:
+    return data if isinstance(data, Dataset) else Dataset.load(data)
+
+
+def split_samples(data: Dataset, split: str) -> list[Sample]:
+    if split not in SPLITS:
+        raise LeaderError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+    samples = data.samples(split)
+    if not samples:
+        raise LeaderError(f"{data.root}: split {split!r} has no visits; nothing to evaluate")
+    return samples
+
+
+def drug_columns(rec: Recommender, data: Dataset) -> np.ndarray:
+    """Column of each data drug in the model's output; refuse a model that lacks some drug."""
+    index = rec.schema.drugs.index
+    missing = [c for c in data.drugs.codes if c not in index]
+    if missing:
+        raise LeaderError(
+            f"{rec.directory}: the model does not score {len(missing)} drug classes of "
+            f"{data.root} (e.g. {missing[0]}); evaluate it on the data it was trained on"
+        )
+    return np.array([index[c] for c in data.drugs.codes])
+
+
+def score(
+    rec: Recommender, data: Dataset, samples: Sequence[Sample]
+) -> tuple[np.ndarray, float]:
+    """Probabilities in the data's drug order, and the seconds the model took."""
+    cols = drug_columns(rec, data)
+    start = time.perf_counter()
+    probs = rec.predict_proba(samples)
+    seconds = time.perf_counter() - start
+    if probs.shape != (len(samples), len(rec.schema.drugs)):
+        raise LeaderError(
+            f"{rec.directory}: model returned scores of shape {probs.shape}, expected "
+            f"({len(samples)}, {len(rec.schema.drugs)})"
+        )
+    return probs[:, cols], seconds
+
+
+def truth(samples: Sequence[Sample], data: Dataset) -> np.ndarray:
+    return multi_hot([s.target for s in samples], data.drugs).numpy().astype(bool)
+
+
+def group_masks(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+    """First visit (no history) vs returning, and by number of visits including the current."""
+    n = np.array([len(s.visits) for s in samples])
+    return {
+        "first_visit": n == 1,
+        "returning": n > 1,
+        "by_visits/1": n == 1,
+        "by_visits/2": n == 2,
+        "by_visits/3+": n >= 3,
+    }
+
+
+def choose_threshold(
+    rec: Recommender, data: Dataset, threshold: float | None, tune: bool
+) -> tuple[float, str, dict[str, Any]]:
+    """The threshold, the rule in words, and what tuning saw (empty when not tuned)."""
+    if tune:
+        if threshold is not None:
+            raise LeaderError("--threshold and --tune-threshold: give one or the other")
+        val = split_samples(data, "val")
+        probs, _ = score(rec, data, val)
+        best, jac = tune_threshold(truth(val, data), probs)
+        grid = f"{THRESHOLD_GRID[0]}..{THRESHOLD_GRID[-1]} step 0.05"
+        rule = f"tuned on the val split: best mean Jaccard over the grid {grid}"
+        return best, rule, {"val_visits": len(val), "val_jaccard": jac}
+    if threshold is None:
+        return DEFAULT_THRESHOLD, "fixed 0.5 for every model", {}
+    if not 0.0 < threshold < 1.0:
+        raise LeaderError(f"--threshold {threshold}: expected a number between 0 and 1")
+    return float(threshold), f"fixed {threshold} for every model", {}
+
+
+def metrics_block(
+    y: np.ndarray,
+    probs: np.ndarray,
+    ddi: np.ndarray,
+    samples: Sequence[Sample],
+    draws: list[np.ndarray],
+    threshold: float,
+) -> tuple[dict, dict]:
+    """Resampled metrics over all visits, and per group on the same draws."""
+    values = per_visit(y, probs, ddi, threshold)
+    groups: dict[str, Any] = {"by_visits": {}}
+    for key, mask in group_masks(samples).items():
+        sub = [d[mask[d]] for d in draws]
+        sub = [d for d in sub if len(d)]
+        block = {"n_visits": int(mask.sum()), "metrics": resampled(values, sub) if sub else None}
+        if key.startswith("by_visits/"):
+            groups["by_visits"][key.split("/", 1)[1]] = block
+        else:
+            groups[key] = block
+    return resampled(values, draws), groups
+
+
+def evaluate(
+    model: str | Path | Recommender,
+    data: str | Path | Dataset,
+    split: str = "test",
+    rounds: int = 10,
+    frac: float = 0.8,
+    seed: int = 0,
+    threshold: float | None = None,
+    tune_threshold: bool = False,
+) -> dict:
+    """Score ``model`` on ``split`` of ``data``; return the EVAL.json dict (see module doc)."""
+    if rounds < 1:
+        raise LeaderError(f"--rounds {rounds}: expected at least 1")
+    if not 0.0 < frac <= 1.0:
+        raise LeaderError(f"--frac {frac}: expected a share in (0, 1]")
+    rec, data = as_recommender(model), as_dataset(data)
+    samples = split_samples(data, split)
+    thr, rule, tuning = choose_threshold(rec, data, threshold, tune_threshold)
+    probs, seconds = score(rec, data, samples)
+    draws = resample_indices(len(samples), rounds, frac, seed)
+    metrics, groups = metrics_block(
+        truth(samples, data), probs, data.ddi_matrix, samples, draws, thr
+    )
+    manifest = rec.manifest
+    trained_on = manifest.get("data", {}).get("hash", "")
+    return {
+        "protocol": {
+            "split": split,
+            "rounds": rounds,
+            "frac": frac,
+            "with_replacement": True,
+            "seed": seed,
+            "sample_size": len(draws[0]),
+            "threshold": thr,
+            "threshold_rule": rule,
+            **({"tuning": tuning} if tuning else {}),
+            "interval": "empirical 2.5 and 97.5 percentiles over the rounds",
+            "std": "sample standard deviation (ddof=1) over the rounds",
+            "groups": "by the number of visits in the record, the current one included",
+            "conventions": CONVENTIONS,
+        },
+        "metrics": metrics,
+        "groups": groups,
+        "model": {
+            "name": rec.name,
+            "dir": str(rec.directory),
+            "parameters": int(manifest.get("parameters", rec.model.num_parameters())),
+            "manifest_sha256": sha256_file(Path(rec.directory) / MANIFEST),
+            "created": manifest.get("created", ""),
+            "trained_on": trained_on,
+            "threshold_in_bundle": manifest.get("threshold"),
+            "inference_ms_per_visit": 1000.0 * seconds / len(samples),
+        },
+        "data": {
+            "source": str(data.manifest.get("source", "")),
+            "dir": str(data.root),
+            "hash": data.data_hash,
+            "split": split,
+            "n_visits": len(samples),
+            "n_patients": len({s.patient_id for s in samples}),
+            "same_cohort_as_model": bool(trained_on) and trained_on == data.data_hash,
+        },
+    }
+
+
+def means(result: dict) -> dict[str, float]:
+    """The flat ``{metric: mean}`` of an EVAL.json, as stored in a bundle's metrics.json."""
+    return {m: v["mean"] for m, v in result["metrics"].items()}
+
+
+def split_metrics(model: Any, data: Dataset, threshold: float = DEFAULT_THRESHOLD) -> dict:
+    """Point metrics of an in-memory model on the val and test splits (no resampling), for the
+    bundle's ``metrics.json``; a split without visits is left out."""
+    out: dict[str, dict] = {}
+    for split in ("val", "test"):
+        samples = data.samples(split)
+        if not samples:
+            continue
+        probs = np.asarray(model.predict_proba(samples))
+        values = per_visit(truth(samples, data), probs, data.ddi_matrix, threshold)
+        out[split] = {**summarize(values), "n_visits": len(samples), "threshold": threshold}
+    return out

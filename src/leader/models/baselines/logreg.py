@@ -1,0 +1,96 @@
+"""One-vs-rest logistic regression on code counts (the lineage's "LR" baseline).
+
+Features of a visit: multi-hot of its diagnoses and procedures, of the previous visit's drugs
+(empty on a first visit) and one-hot profile values. One L2-regularised logistic regression per
+drug class (scikit-learn, liblinear, C = 1); a class that is always (or never) prescribed in
+training gets a constant score, its training frequency. The coefficients are stored as tensors
+(safetensors), so prediction is a matrix product and no pickled estimator is ever written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from leader.data.dataset import Dataset
+from leader.data.samples import CodeEncoder, Sample
+from leader.models.base import MedModel, register
+
+
+@register
+class LogReg(MedModel):
+    name = "logreg"
+
+    def __init__(self, schema, config: dict[str, Any] | None = None):
+        super().__init__(schema, {"C": 1.0, "max_iter": 200, **(config or {})})
+
+    def features(self, samples: Sequence[Sample]) -> sparse.csr_matrix:
+        """[dx | px | previous drugs | profile one-hot] as a sparse 0/1 matrix."""
+        enc = CodeEncoder(self.schema.vocab, self.schema.profile_vocab)
+        offsets, start = {}, 0
+        for kind in ("diagnoses", "procedures", "drugs"):
+            offsets[kind], start = start, start + len(self.schema.vocab[kind])
+        field_offsets = []
+        for values in self.schema.profile_vocab.values():
+            field_offsets.append(start)
+            start += len(values) + 1  # + 1: a value outside the vocabulary
+        rows, cols = [], []
+        for i, s in enumerate(samples):
+            prev = s.visits[-2].drugs if len(s.visits) > 1 else ()
+            cur = s.current
+            for kind, codes in (("diagnoses", cur.diagnoses), ("procedures", cur.procedures),
+                                ("drugs", prev)):
+                index = self.schema.vocab[kind].index
+                for c in set(codes):
+                    if c in index:
+                        rows.append(i)
+                        cols.append(offsets[kind] + index[c])
+            for off, pid in zip(field_offsets, enc.profile_ids(s.profile), strict=True):
+                rows.append(i)
+                cols.append(off + pid)
+        data = np.ones(len(rows), dtype=np.float32)
+        return sparse.csr_matrix((data, (rows, cols)), shape=(len(samples), start))
+
+    def fit(self, data: Dataset, run_dir: Path | None = None) -> LogReg:
+        from sklearn.linear_model import LogisticRegression
+
+        train = data.samples("train")
+        x = self.features(train)
+        y = np.zeros((len(train), len(self.schema.drugs)), dtype=np.int8)
+        for i, s in enumerate(train):
+            for c in s.target:
+                j = self.schema.drugs.index.get(c)
+                if j is not None:
+                    y[i, j] = 1
+        weight = np.zeros((y.shape[1], x.shape[1]), dtype=np.float32)
+        bias = np.zeros(y.shape[1], dtype=np.float32)
+        for j in range(y.shape[1]):
+            rate = float(y[:, j].mean())
+            if rate in (0.0, 1.0):  # one class only: a constant score
+                bias[j] = np.log(max(rate, 1e-6) / max(1 - rate, 1e-6))
+                continue
+            clf = LogisticRegression(
+                C=self.config["C"], solver="liblinear", max_iter=self.config["max_iter"]
+            )
+            clf.fit(x, y[:, j])
+            weight[j], bias[j] = clf.coef_[0], clf.intercept_[0]
+        self.weight, self.bias = torch.from_numpy(weight), torch.from_numpy(bias)
+        return self
+
+    def build(self) -> None:
+        self.weight, self.bias = torch.zeros(0, 0), torch.zeros(0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.weight, self.bias = tensors["weight"], tensors["bias"]
+
+    def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
+        logits = self.features(samples) @ self.weight.numpy().T + self.bias.numpy()
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)

@@ -1,0 +1,223 @@
+"""`leader compare`: several models on the same test resamples, as tables, figures and one HTML.
+
+Every model goes through :func:`leader.evaluation.evaluate` with the same options; resample draws
+depend only on (number of visits, rounds, frac, seed), so all models are scored on identical
+draws. REPORT_DIR (written atomically) holds ``table.md``, ``table.json``, ``evals/<label>.json``
+(each model's full EVAL.json), ``figures/*.png`` and ``report.html`` (self-contained: the figures
+are embedded as base64 data URIs), plus ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from leader.artifacts import atomic_dir, write_json, write_manifest
+from leader.data.dataset import Dataset
+from leader.errors import LeaderError
+from leader.evaluation import as_dataset, evaluate, protocol_line
+from leader.metrics import METRICS
+
+REPORT_KIND = "leader-report"
+REPORT_FORMAT_VERSION = 1
+LABELS = {
+    "jaccard": "Jaccard",
+    "prauc": "PRAUC",
+    "f1": "F1",
+    "ddi_rate": "DDI rate",
+    "avg_meds": "#MED",
+}
+ORDER = ("jaccard", "prauc", "f1", "ddi_rate", "avg_meds")
+
+
+def labels_for(model_dirs: Sequence[Path]) -> list[str]:
+    """Directory names, made unique with their parent's name when two collide."""
+    names = [Path(d).name for d in model_dirs]
+    return [
+        f"{Path(d).parent.name}/{n}" if names.count(n) > 1 else n
+        for d, n in zip(model_dirs, names, strict=True)
+    ]
+
+
+def table_rows(evals: dict[str, dict]) -> list[dict[str, Any]]:
+    rows = []
+    for label, ev in evals.items():
+        groups = ev["groups"]
+        row = {
+            "model": label,
+            "name": ev["model"]["name"],
+            **{m: ev["metrics"][m] for m in ORDER},
+            "parameters": ev["model"]["parameters"],
+            "inference_ms_per_visit": ev["model"]["inference_ms_per_visit"],
+            "threshold": ev["protocol"]["threshold"],
+        }
+        for g in ("first_visit", "returning"):
+            block = groups[g]["metrics"]
+            row[f"{g}_jaccard"] = block["jaccard"]["mean"] if block else None
+            row[f"{g}_n"] = groups[g]["n_visits"]
+        rows.append(row)
+    return rows
+
+
+def _pm(v: dict) -> str:
+    return f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+
+def markdown(rows: list[dict], protocol: str) -> str:
+    head = ["model", *(LABELS[m] for m in ORDER), "params", "ms/visit", "Jaccard first / returning"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        fv, rt = r["first_visit_jaccard"], r["returning_jaccard"]
+        split = f"{'-' if fv is None else f'{fv:.4f}'} / {'-' if rt is None else f'{rt:.4f}'}"
+        lines.append(
+            "| "
+            + " | ".join(
+                [r["model"], *(_pm(r[m]) for m in ORDER), f"{r['parameters']:,}",
+                 f"{r['inference_ms_per_visit']:.3f}", split]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + f"\n\nProtocol: {protocol}.\n"
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def _figures(rows: list[dict], evals: dict[str, dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    names = [r["model"] for r in rows]
+    width = max(4.0, 0.8 * len(rows) + 2)
+    for m in ORDER:
+        fig, ax = plt.subplots(figsize=(width, 3.2))
+        ax.bar(names, [r[m]["mean"] for r in rows], yerr=[r[m]["std"] for r in rows],
+               capsize=4, color="#4c78a8")
+        ax.set_ylabel(LABELS[m])
+        ax.set_title(f"{LABELS[m]} (mean ± std over resamples)")
+        ax.tick_params(axis="x", rotation=30)
+        paths.append(_save(fig, out / f"metric_{m}.png"))
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for r in rows:
+        ax.errorbar(r["ddi_rate"]["mean"], r["jaccard"]["mean"], xerr=r["ddi_rate"]["std"],
+                    yerr=r["jaccard"]["std"], fmt="o", capsize=3)
+        ax.annotate(r["model"], (r["ddi_rate"]["mean"], r["jaccard"]["mean"]),
+                    textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("DDI rate (lower is safer)")
+    ax.set_ylabel("Jaccard")
+    ax.set_title("Accuracy against interaction risk")
+    paths.append(_save(fig, out / "ddi_vs_jaccard.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.4 * len(rows) + 3), 3.4))
+    for ax, m in zip(axes, ("jaccard", "prauc"), strict=True):
+        for k, (g, colour) in enumerate((("first_visit", "#f58518"), ("returning", "#4c78a8"))):
+            means, stds = [], []
+            for label in names:
+                block = evals[label]["groups"][g]["metrics"]
+                means.append(block[m]["mean"] if block else 0.0)
+                stds.append(block[m]["std"] if block else 0.0)
+            xs = [i + (k - 0.5) * 0.38 for i in range(len(names))]
+            ax.bar(xs, means, 0.38, yerr=stds, capsize=3, color=colour,
+                   label=g.replace("_", " "))
+        ax.set_xticks(range(len(names)), names, rotation=30)
+        ax.set_ylabel(LABELS[m])
+        ax.legend(fontsize=8)
+    fig.suptitle("First visit (no history) vs returning patients")
+    paths.append(_save(fig, out / "groups.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _html(rows: list[dict], protocol: str, data: dict, figures: list[Path]) -> str:
+    head = ["model", *(LABELS[m] for m in ORDER), "params", "ms/visit", "Jaccard first",
+            "Jaccard returning"]
+    body = []
+    for r in rows:
+        cells = [r["model"], *(_pm(r[m]) for m in ORDER), f"{r['parameters']:,}",
+                 f"{r['inference_ms_per_visit']:.3f}",
+                 *("-" if r[f"{g}_jaccard"] is None else f"{r[f'{g}_jaccard']:.4f}"
+                   for g in ("first_visit", "returning"))]
+        body.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    images = "\n".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for p in figures
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>leader compare</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>Model comparison</h1>
+<p>Data: {html.escape(str(data.get('source')))} ({html.escape(str(data.get('dir')))}),
+{data.get('n_visits')} {html.escape(str(data.get('split')))} visits of
+{data.get('n_patients')} patients; data hash {html.escape(str(data.get('hash'))[:16])}.</p>
+<p>Protocol: {html.escape(protocol)}.</p>
+<table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>
+{''.join(body)}</table>
+{images}
+</body></html>
+"""
+
+
+def compare(
+    data: str | Path | Dataset,
+    model_dirs: Sequence[str | Path],
+    out: str | Path,
+    rounds: int = 10,
+    frac: float = 0.8,
+    seed: int = 0,
+    threshold: float | None = None,
+    tune_threshold: bool = False,
+    split: str = "test",
+    force: bool = False,
+    on_model: Callable[[str], None] | None = None,
+) -> dict:
+    """Evaluate every model on the same resamples and write REPORT_DIR; return table.json."""
+    if not model_dirs:
+        raise LeaderError("compare: give at least one MODEL_DIR")
+    dirs = [Path(d) for d in model_dirs]
+    dataset = as_dataset(data)
+    labels = labels_for(dirs)
+    evals: dict[str, dict] = {}
+    for label, d in zip(labels, dirs, strict=True):
+        if on_model:
+            on_model(label)
+        evals[label] = evaluate(d, dataset, split, rounds, frac, seed, threshold, tune_threshold)
+    first = next(iter(evals.values()))
+    protocol = {k: v for k, v in first["protocol"].items() if k not in ("threshold", "tuning")}
+    if tune_threshold:
+        protocol["thresholds"] = {k: e["protocol"]["threshold"] for k, e in evals.items()}
+    line = protocol_line(first["protocol"])
+    if tune_threshold:
+        line = line.split(", threshold")[0] + f", threshold {first['protocol']['threshold_rule']}"
+    rows = table_rows(evals)
+    table = {"protocol": protocol, "protocol_line": line, "data": first["data"], "rows": rows,
+             "metrics": list(METRICS)}
+    with atomic_dir(out, force=force) as tmp:
+        for label, ev in evals.items():
+            (tmp / "evals").mkdir(exist_ok=True)
+            write_json(tmp / "evals" / f"{label.replace('/', '__')}.json", ev)
+        write_json(tmp / "table.json", table)
+        (tmp / "table.md").write_text(markdown(rows, line))
+        figures = _figures(rows, evals, tmp / "figures")
+        (tmp / "report.html").write_text(_html(rows, line, first["data"], figures))
+        write_manifest(tmp, REPORT_KIND, REPORT_FORMAT_VERSION, models=[str(d) for d in dirs],
+                       data=first["data"], protocol=protocol)
+    return table
