@@ -90,8 +90,10 @@ def train_teacher_cmd(
     table.add_column(justify="right")
     for key, value in summary["train"].items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for key, value in summary.get("val", {}).items():
-        table.add_row(f"val {key}", f"{value:.4f}")
+    for split in ("val", "test"):
+        for key, value in summary.get(split, {}).items():
+            if key in ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds"):
+                table.add_row(f"{split} {key}", f"{value:.4f}")
     console.print(table)
 
 
