@@ -145,9 +145,19 @@ def serve_command(
     max_body_bytes: Annotated[
         int, typer.Option("--max-body-bytes", min=1024, help="Largest request body accepted")
     ] = 1 << 20,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Torch threads per request; 1 suits concurrent small requests best"
+        ),
+    ] = 1,
 ) -> None:
     """Serve the REST API and the web page for one model bundle."""
+    import torch
+
     from leader.bundle import load
+
+    torch.set_num_threads(threads)
     from leader.serve.app import run
     from leader.serve.schemas import ServeSettings
 
