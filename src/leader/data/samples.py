@@ -112,8 +112,20 @@ def multi_hot(codes_per_sample: Sequence[Sequence[str]], vocab: Vocab) -> torch.
     return torch.from_numpy(out)
 
 
+class TensorBatch:
+    """Mixin for dataclasses of tensors with a ``target``: moves to a device as one."""
+
+    target: torch.Tensor
+
+    def to(self, device: torch.device | str):
+        return type(self)(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+    def __len__(self) -> int:
+        return self.target.shape[0]
+
+
 @dataclass
-class CodeBatch:
+class CodeBatch(TensorBatch):
     """Padded code tensors for a batch of samples (id 0 is padding everywhere).
 
     ``diagnoses``/``procedures``: [B, V, L] ids of each visit's codes, the last K visits.
@@ -132,11 +144,6 @@ class CodeBatch:
     profile: torch.Tensor
     target: torch.Tensor
 
-    def to(self, device: torch.device | str) -> CodeBatch:
-        return CodeBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
-
-    def __len__(self) -> int:
-        return self.target.shape[0]
 
 
 class CodeEncoder:

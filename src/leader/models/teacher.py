@@ -26,7 +26,7 @@ from torch import nn
 
 from leader.artifacts import check_can_write
 from leader.data.dataset import Dataset
-from leader.data.samples import Sample, multi_hot
+from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.errors import LeaderError
 from leader.models.base import MedModel, register
 from leader.prompts import DEFAULT_HISTORY, PromptBuilder
@@ -140,16 +140,10 @@ def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModul
 
 
 @dataclass
-class PromptBatch:
+class PromptBatch(TensorBatch):
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     target: torch.Tensor
-
-    def to(self, device: torch.device | str) -> PromptBatch:
-        return PromptBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
-
-    def __len__(self) -> int:
-        return self.target.shape[0]
 
 
 class TeacherTask:
