@@ -126,3 +126,20 @@ def test_prompt_cli_other_directory(tmp_path):
     assert isinstance(result.exception, LeaderError) and "expected 'leader-data'" in str(
         result.exception
     )
+
+
+def test_code_without_title_reads_as_icd_code(tiny_data):
+    from leader.data.samples import Sample, Visit
+    from leader.llm import tiny_tokenizer
+    from leader.prompts import PromptBuilder
+
+    vocab = tiny_data.vocab["diagnoses"]
+    code = vocab.codes[0]
+    saved = vocab.titles[0]
+    vocab.titles[0] = code  # as prepare stores a code missing from D_ICD_DIAGNOSES
+    try:
+        builder = PromptBuilder(tiny_data.schema, tokenizer=tiny_tokenizer())
+        text = builder.build(Sample("p/0", "p", (Visit((code,), ()),))).text
+    finally:
+        vocab.titles[0] = saved
+    assert f"ICD-9 code {code.split(':')[1]}" in text and code not in text

@@ -94,7 +94,7 @@ class PromptBuilder:
 
     def _titles(self, codes: Sequence[str], kind: str, keep: int | None = None) -> str:
         vocab: Vocab = self.vocab[kind]
-        titles = [vocab.title(c) for c in codes]
+        titles = [_readable(c, vocab.title(c)) for c in codes]
         if kind == "drugs":
             titles = [t.lower() for t in titles]
         if not titles:
@@ -230,3 +230,12 @@ def render_prompt(
         data.schema, history=history, profile=profile, max_length=max_length, tokenizer=tokenizer
     )
     return sample, builder.build(sample)
+
+
+def _readable(code: str, title: str) -> str:
+    """A code without a title (some MIMIC codes are missing from D_ICD_*) reads as
+    ``ICD-9 code 5672`` rather than the internal key ``icd9:5672``."""
+    if title != code or not code.startswith("icd") or ":" not in code:
+        return title
+    version, bare = code.split(":", 1)
+    return f"ICD-{version.removeprefix('icd')} code {bare}"
