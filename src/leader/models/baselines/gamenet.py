@@ -1,7 +1,8 @@
 """GAMENet (Shang et al., AAAI 2019): graph-augmented memory networks.
 
-1. Diagnoses and procedures of each visit are embedded (mean of code embeddings) and read by two
-   GRUs (hidden 2d); a small MLP turns both states into a query per visit.
+1. Diagnoses and procedures of each visit are embedded (sum of code embeddings; the reference
+   code takes the mean, see below) and read by two GRUs (hidden 2d); a small MLP turns both
+   states into a query per visit.
 2. Memory bank: a 2-layer GCN over the drug co-occurrence graph of the training visits (EHR
    graph) minus a learned weight times a GCN over the DDI graph, one vector per drug.
 3. Fact 1: attention of the current query over the memory bank. Fact 2 (dynamic memory): the
@@ -20,6 +21,12 @@ code's ``init_weights``; PyTorch's N(0, 1) default is far too large for a few hu
 steps), dropout 0.4, Adam lr 2e-4, 40 epochs, target DDI 0.05, T 0.5. Visits are the last
 ``max_visits`` (10). The reference code takes one optimiser step per patient; with batches of 32
 a small cohort gets far fewer steps, so raise ``lr`` there (see docs/evaluation.md).
+
+Deviation: visit vectors are the *sum* of the code embeddings (``pool="sum"``, as SafeDrug and
+PyHealth's GAMENet), not the reference code's mean (``pool="mean"`` restores it). The mean
+divides each code's signal and gradient by the visit's ~12 diagnoses; on 500 synthetic
+patients (batch 8, lr 1e-3, 15 epochs, chosen on validation) the mean model reached val PRAUC
+0.527 (train 0.583, popular 0.520), the sum model 0.554 (train 0.637).
 """
 
 from __future__ import annotations
@@ -69,10 +76,11 @@ class GCN(nn.Module):
 
 class GamenetModule(nn.Module):
     def __init__(
-        self, sizes: dict[str, int], n_drugs: int, dim: int, dropout: float, init: float
+        self, sizes: dict[str, int], n_drugs: int, dim: int, dropout: float, init: float,
+        pool: str = "sum",
     ):
         super().__init__()
-        self.n_drugs = n_drugs
+        self.n_drugs, self.pool = n_drugs, pool
         self.embed_dx = nn.Embedding(sizes["diagnoses"], dim, padding_idx=0)
         self.embed_px = nn.Embedding(sizes["procedures"], dim, padding_idx=0)
         self.drop = nn.Dropout(dropout)
@@ -91,8 +99,8 @@ class GamenetModule(nn.Module):
 
     def forward(self, batch: CodeBatch) -> torch.Tensor:
         mask = batch.visit_mask
-        dx = self.drop(visit_vectors(self.embed_dx, batch.diagnoses, "mean"))
-        px = self.drop(visit_vectors(self.embed_px, batch.procedures, "mean"))
+        dx = self.drop(visit_vectors(self.embed_dx, batch.diagnoses, self.pool))
+        px = self.drop(visit_vectors(self.embed_px, batch.procedures, self.pool))
         o1, o2 = run_gru(self.gru_dx, dx, mask), run_gru(self.gru_px, px, mask)
         queries = self.query(torch.cat([o1, o2], -1))  # [B, V, d]
         q = queries[:, -1]
@@ -114,13 +122,13 @@ class Gamenet(NeuralBaseline):
     name = "gamenet"
     defaults: dict[str, Any] = {
         "dim": 64, "dropout": 0.4, "init": 0.1, "lr": 2e-4, "epochs": 40,
-        "ddi_loss": True, "target_ddi": 0.05, "temperature": 0.5,
+        "ddi_loss": True, "target_ddi": 0.05, "temperature": 0.5, "pool": "sum",
     }
 
     def make_module(self) -> nn.Module:
         module = GamenetModule(
             self.encoder().sizes(), len(self.schema.drugs), self.config["dim"],
-            self.config["dropout"], self.config["init"],
+            self.config["dropout"], self.config["init"], self.config["pool"],
         )
         module.ddi_adj.copy_(ddi_tensor(self.schema))
         return module
