@@ -225,3 +225,27 @@ def test_demo_root_is_the_bundled_demo():
     for name in DEMO_TABLES:
         assert (root / name).is_file()
     assert (root / "LICENSE.txt").is_file() and (root / "SOURCES.md").is_file()
+
+
+def test_patient_fraction_samples_patients_with_the_seed(tmp_path, demo):
+    m = prepare("mimic3", "demo", tmp_path / "half", PrepareConfig(patient_fraction=0.5))
+    prepare("mimic3", "demo", tmp_path / "again", PrepareConfig(patient_fraction=0.5))
+    prepare(
+        "mimic3", "demo", tmp_path / "other", PrepareConfig(patient_fraction=0.5, seed=7)
+    )
+    ids = [
+        set(pl.read_parquet(tmp_path / d / "visits.parquet")["patient_id"])
+        for d in ("half", "again", "other")
+    ]
+    assert ids[0] == ids[1] and ids[0] != ids[2]
+    assert ids[0] <= set(demo.visits["patient_id"])
+    assert m["drops"]["patients_not_sampled"] == 50  # of the demo's 100 patients
+    assert m["config"]["patient_fraction"] == 0.5
+
+
+def test_patient_fraction_out_of_range_is_refused(tmp_path):
+    from leader.errors import LeaderError
+
+    with pytest.raises(LeaderError, match="--patient-fraction 0"):
+        prepare("mimic3", "demo", tmp_path / "x", PrepareConfig(patient_fraction=0))
+    assert not (tmp_path / "x").exists()

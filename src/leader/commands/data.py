@@ -64,6 +64,8 @@ def prepare_cmd(
         "1000 for mimic4.", show_default=False)] = None,
     min_visits: Annotated[int, typer.Option(
         help="Drop patients with fewer visits (1 keeps single-visit patients).")] = 1,
+    patient_fraction: Annotated[float, typer.Option(
+        help="Use a seeded share of the patients (LEADER's MIMIC-IV cohort: 0.15).")] = 1.0,
     split: Annotated[str, typer.Option(help="Train,val,test shares of patients.")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Seed of the patient shuffle.")] = 42,
     ddi: Annotated[Path | None, typer.Option(
@@ -80,6 +82,7 @@ def prepare_cmd(
         "top_drugs": top_drugs or None,
         "top_diagnoses": top_diagnoses or None,
         "min_visits": min_visits,
+        "patient_fraction": patient_fraction,
         "split": parse_split(split),
         "seed": seed,
         "ddi": str(ddi) if ddi else None,

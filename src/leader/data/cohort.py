@@ -46,6 +46,7 @@ class PrepareConfig:
     top_diagnoses: int | None = 2000
     top_procedures: int | None = None  # MIMIC-IV: 1000, see for_source
     min_visits: int = 1  # 1 keeps single-visit patients; 2 is the GAMENet/SafeDrug cohort
+    patient_fraction: float = 1.0  # a seeded share of patients (LEADER's MIMIC-IV: 0.15)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 42
     ddi: str | None = None  # a CSV of ATC3 pairs; None = the bundled TWOSIDES-derived pairs
@@ -63,6 +64,10 @@ class PrepareConfig:
                 raise LeaderError(f"--{name.replace('_', '-')} {value}: expected a positive count")
         if self.min_visits < 1:
             raise LeaderError(f"--min-visits {self.min_visits}: expected 1 or more")
+        if not 0 < self.patient_fraction <= 1:
+            raise LeaderError(
+                f"--patient-fraction {self.patient_fraction}: expected a share in (0, 1]"
+            )
         split = tuple(self.split)
         if len(split) != 3 or any(p < 0 for p in split) or abs(sum(split) - 1) > 1e-6:
             raise LeaderError(
@@ -121,6 +126,19 @@ def _filter_visits(visits: pl.DataFrame, min_visits: int, drops: dict) -> pl.Dat
     drops["visits_of_patients_below_min_visits"] = short.height
     drops["patients_below_min_visits"] = short["patient_id"].n_unique()
     return visits.filter(n_visits >= min_visits)
+
+
+def _sample_patients(
+    admissions: pl.DataFrame, fraction: float, seed: int, drops: dict
+) -> pl.DataFrame:
+    """A seeded share of the patients, drawn before the cohort rules (so the top-k code cuts
+    are counted on the sample, as a study restricted to those patients would count them)."""
+    ids = admissions["patient_id"].unique().sort()
+    keep = np.random.default_rng([seed, 1]).permutation(len(ids))[: round(fraction * len(ids))]
+    kept = admissions.filter(pl.col("patient_id").is_in(ids.gather(np.sort(keep)).implode()))
+    drops["patients_not_sampled"] = len(ids) - len(keep)
+    drops["admissions_of_patients_not_sampled"] = admissions.height - kept.height
+    return kept
 
 
 def _split(patients: pl.Series, shares: tuple[float, float, float], seed: int) -> pl.DataFrame:
@@ -212,6 +230,8 @@ def build_cohort(
     drops["admissions_without_patient"] = admissions.filter(
         ~pl.col("patient_id").is_in(patients["patient_id"].implode())
     ).height
+    if config.patient_fraction < 1:
+        admissions = _sample_patients(admissions, config.patient_fraction, config.seed, drops)
     hadm = admissions["hadm_id"]
 
     step("reading diagnoses")
