@@ -5,7 +5,8 @@ the training task handed to :func:`leader.train.train` -> the :class:`Teacher` m
 fit, predict, encode, save/load) -> :func:`train_teacher`, what ``leader train-teacher`` calls.
 
 The drug layer scores every drug of the vocabulary from one hidden state, so the teacher can
-never name a drug outside the vocabulary (the "out-of-corpus" problem of generating text).
+never name a drug outside the vocabulary (the "out-of-corpus" problem of generating text). Its
+bias starts at the training log-odds of each drug, so a short run starts from `popular`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from leader.artifacts import check_can_write
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.errors import LeaderError
-from leader.models.base import MedModel, register
+from leader.models.base import MedModel, register, start_from_frequencies
 from leader.prompts import DEFAULT_HISTORY, PromptBuilder
 from leader.train import (
     TrainConfig,
@@ -268,6 +269,7 @@ class Teacher(MedModel):
     ) -> Teacher:
 
         task = self.task()
+        start_from_frequencies(self.module.drug_layer.bias, data)  # a resumed run overwrites it
         cfg = TrainConfig(**self.config["train"], progress=progress)
         result = train(task, data.samples("train"), data.samples("val"), cfg, run_dir, on_step)
         self.run_dir = Path(run_dir) if run_dir is not None else None

@@ -40,7 +40,7 @@ from torch import nn
 
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, multi_hot
-from leader.models.base import register
+from leader.models.base import register, start_from_frequencies
 from leader.models.baselines.neural import (
     NeuralBaseline,
     batch_ddi_rate,
@@ -139,7 +139,7 @@ class Gamenet(NeuralBaseline):
         co = (m.T @ m > 0).float()
         co.fill_diagonal_(0.0)
         self.module.ehr_adj.copy_(co)
-        self.start_from_frequencies(data, self.module.output[-1].bias)
+        start_from_frequencies(self.module.output[-1].bias, data)
 
     def extra_loss(self, logits, batch, bce):
         base = 0.9 * bce + 0.01 * margin_loss(logits, batch.target)

@@ -84,16 +84,6 @@ class NeuralBaseline(MedModel):
     def prepare(self, data: Dataset) -> None:
         """Fill data-derived buffers (e.g. a co-occurrence graph) before training."""
 
-    def start_from_frequencies(self, data: Dataset, bias: torch.Tensor) -> None:
-        """Set an output bias to the training log-odds of each drug, so training starts from
-        `popular` instead of p = 0.5 for all drugs (fewer epochs to a useful model)."""
-        from leader.data.samples import multi_hot
-
-        freq = multi_hot([s.target for s in data.samples("train")], self.schema.drugs).mean(0)
-        freq = freq.clamp(1e-4, 1 - 1e-4)
-        with torch.no_grad():
-            bias.copy_(torch.log(freq / (1 - freq)))
-
     def extra_loss(
         self, logits: torch.Tensor, batch: CodeBatch, bce: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -34,7 +34,7 @@ from torch import nn
 
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch
-from leader.models.base import register
+from leader.models.base import register, start_from_frequencies
 from leader.models.baselines.neural import NeuralBaseline, gru_left, init_embeddings, visit_vectors
 
 
@@ -86,4 +86,4 @@ class Retain(NeuralBaseline):
         )
 
     def prepare(self, data: Dataset) -> None:
-        self.start_from_frequencies(data, self.module.out.bias)
+        start_from_frequencies(self.module.out.bias, data)

@@ -46,7 +46,7 @@ from torch import nn
 from leader.artifacts import read_json
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, Sample
-from leader.models.base import MODEL_CONFIG, WEIGHTS, register
+from leader.models.base import MODEL_CONFIG, WEIGHTS, register, start_from_frequencies
 from leader.models.baselines.neural import (
     NeuralBaseline,
     batch_ddi_rate,
@@ -223,7 +223,7 @@ class Safedrug(NeuralBaseline):
         with torch.no_grad():
             self.module.local_bias.fill_(1.0)
             self.module.norm.weight.fill_(1.0)
-        self.start_from_frequencies(data, self.module.norm.bias)
+        start_from_frequencies(self.module.norm.bias, data)
 
     @classmethod
     def load(cls, directory: Path, schema: Schema) -> Safedrug:
