@@ -42,6 +42,7 @@ from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, multi_hot
 from leader.models.base import register, start_from_frequencies
 from leader.models.baselines.neural import (
+    DualGRUQuery,
     NeuralBaseline,
     batch_ddi_rate,
     ddi_penalty,
@@ -49,8 +50,6 @@ from leader.models.baselines.neural import (
     init_embeddings,
     margin_loss,
     multi_hot_ids,
-    run_gru,
-    visit_vectors,
 )
 
 
@@ -80,13 +79,8 @@ class GamenetModule(nn.Module):
         pool: str = "sum",
     ):
         super().__init__()
-        self.n_drugs, self.pool = n_drugs, pool
-        self.embed_dx = nn.Embedding(sizes["diagnoses"], dim, padding_idx=0)
-        self.embed_px = nn.Embedding(sizes["procedures"], dim, padding_idx=0)
-        self.drop = nn.Dropout(dropout)
-        self.gru_dx = nn.GRU(dim, 2 * dim, batch_first=True)
-        self.gru_px = nn.GRU(dim, 2 * dim, batch_first=True)
-        self.query = nn.Sequential(nn.ReLU(), nn.Linear(4 * dim, dim))
+        self.n_drugs = n_drugs
+        self.encoder = DualGRUQuery(sizes, dim, dropout, pool)
         self.ehr_gcn = GCN(n_drugs, dim, dropout)
         self.ddi_gcn = GCN(n_drugs, dim, dropout)
         self.inter = nn.Parameter(torch.tensor(0.0))
@@ -99,10 +93,7 @@ class GamenetModule(nn.Module):
 
     def forward(self, batch: CodeBatch) -> torch.Tensor:
         mask = batch.visit_mask
-        dx = self.drop(visit_vectors(self.embed_dx, batch.diagnoses, self.pool))
-        px = self.drop(visit_vectors(self.embed_px, batch.procedures, self.pool))
-        o1, o2 = run_gru(self.gru_dx, dx, mask), run_gru(self.gru_px, px, mask)
-        queries = self.query(torch.cat([o1, o2], -1))  # [B, V, d]
+        queries = self.encoder(batch)  # [B, V, d]
         q = queries[:, -1]
         memory = self.ehr_gcn(normalize(self.ehr_adj)) - self.inter * self.ddi_gcn(
             normalize(self.ddi_adj)

@@ -197,3 +197,27 @@ def multi_hot_ids(ids: torch.Tensor, n: int) -> torch.Tensor:
     out = torch.zeros(*ids.shape[:-1], n + 1, device=ids.device)
     out.scatter_(-1, ids, 1.0)
     return out[..., 1:]
+
+
+class DualGRUQuery(nn.Module):
+    """GAMENet's and SafeDrug's patient encoder: per visit, the diagnosis and procedure codes'
+    embeddings pooled into two visit vectors, read by one GRU each (hidden 2d); a ReLU + linear
+    layer turns both states into a query per visit, [B, V, d] (right-aligned, zeros on padding).
+    """
+
+    def __init__(self, sizes: dict[str, int], dim: int, dropout: float, pool: str = "sum"):
+        super().__init__()
+        self.pool = pool
+        self.embed_dx = nn.Embedding(sizes["diagnoses"], dim, padding_idx=0)
+        self.embed_px = nn.Embedding(sizes["procedures"], dim, padding_idx=0)
+        self.drop = nn.Dropout(dropout)
+        self.gru_dx = nn.GRU(dim, 2 * dim, batch_first=True)
+        self.gru_px = nn.GRU(dim, 2 * dim, batch_first=True)
+        self.query = nn.Sequential(nn.ReLU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, batch: CodeBatch) -> torch.Tensor:
+        mask = batch.visit_mask
+        dx = self.drop(visit_vectors(self.embed_dx, batch.diagnoses, self.pool))
+        px = self.drop(visit_vectors(self.embed_px, batch.procedures, self.pool))
+        states = [run_gru(self.gru_dx, dx, mask), run_gru(self.gru_px, px, mask)]
+        return self.query(torch.cat(states, -1))

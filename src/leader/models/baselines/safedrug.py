@@ -48,14 +48,13 @@ from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, Sample
 from leader.models.base import MODEL_CONFIG, WEIGHTS, register, start_from_frequencies
 from leader.models.baselines.neural import (
+    DualGRUQuery,
     NeuralBaseline,
     batch_ddi_rate,
     ddi_penalty,
     ddi_tensor,
     init_embeddings,
     margin_loss,
-    run_gru,
-    visit_vectors,
 )
 
 SMILES = resources.files("leader.data") / "resources" / "drugs" / "atc3_smiles.csv"
@@ -144,12 +143,7 @@ class SafedrugModule(nn.Module):
     ):
         super().__init__()
         n_drugs, n_frag = mol["has_smiles"].shape[0], mol["mask"].shape[0]
-        self.embed_dx = nn.Embedding(sizes["diagnoses"], dim, padding_idx=0)
-        self.embed_px = nn.Embedding(sizes["procedures"], dim, padding_idx=0)
-        self.drop = nn.Dropout(dropout)
-        self.gru_dx = nn.GRU(dim, 2 * dim, batch_first=True)
-        self.gru_px = nn.GRU(dim, 2 * dim, batch_first=True)
-        self.query = nn.Sequential(nn.ReLU(), nn.Linear(4 * dim, dim))
+        self.encoder = DualGRUQuery(sizes, dim, dropout)
         # global view
         self.mpnn = MPNN(mol["n_atom_types"], dim)
         self.no_smiles = nn.Embedding(n_drugs, dim)  # used only where has_smiles is False
@@ -179,10 +173,7 @@ class SafedrugModule(nn.Module):
         return torch.where(self.has_smiles.unsqueeze(1), sums / count, self.no_smiles.weight)
 
     def forward(self, batch: CodeBatch) -> torch.Tensor:
-        mask = batch.visit_mask
-        o1 = run_gru(self.gru_dx, self.drop(visit_vectors(self.embed_dx, batch.diagnoses)), mask)
-        o2 = run_gru(self.gru_px, self.drop(visit_vectors(self.embed_px, batch.procedures)), mask)
-        query = self.query(torch.cat([o1[:, -1], o2[:, -1]], -1))
+        query = self.encoder(batch)[:, -1]
         match = torch.sigmoid(query @ self.drug_vectors().T)
         global_view = self.norm(match + self.global_out(match))
         sub = torch.sigmoid(self.substructure(query))
