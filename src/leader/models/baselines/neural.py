@@ -8,6 +8,7 @@ and implements ``make_module`` (an ``nn.Module`` mapping a :class:`CodeBatch` to
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -75,8 +76,9 @@ class NeuralBaseline(MedModel):
             self.config["max_codes"],
         )
 
+    @abstractmethod
     def make_module(self) -> nn.Module:
-        raise NotImplementedError
+        """The model's ``nn.Module``: a :class:`CodeBatch` in, drug logits out."""
 
     def build(self) -> None:
         self.module = self.make_module()
