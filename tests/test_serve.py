@@ -168,3 +168,32 @@ def test_limits_and_other_4xx(client, small):
     assert client.get("/v1/nothing").status_code == 404
     assert client.get("/v1/recommend").status_code == 405
     assert client.get("/v1/health").status_code == 200
+
+
+def test_concurrent_requests_share_model_calls_and_match_single_answers(bundles, tiny_data):
+    import asyncio
+
+    import httpx
+
+    rec = leader.load(bundles["repeat-last"])
+    app = create_app(rec, ServeSettings())
+    drugs = tiny_data.drugs.codes
+    patients = [
+        {"visits": [{"diagnoses": [], "drugs": [drugs[i], drugs[i + 1]]}, {"diagnoses": []}]}
+        for i in range(8)
+    ]
+    alone = [TestClient(app).post("/v1/recommend", json=p).json() for p in patients]
+    calls_before = app.state.batcher.calls
+
+    async def together():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(*(client.post("/v1/recommend", json=p) for p in patients))
+
+    answers = asyncio.run(together())
+    assert [a.status_code for a in answers] == [200] * 8
+    assert [a.json()["ranked"] for a in answers] == [a["ranked"] for a in alone]
+    assert [a.json()["recommended"][:2] for a in answers] == [
+        [drugs[i], drugs[i + 1]] for i in range(8)
+    ]
+    assert app.state.batcher.calls - calls_before < len(patients)

@@ -102,6 +102,17 @@ def recommend_samples(
     """Score already-mapped samples in one model call and build each output."""
     check_choice(top_k, threshold)
     probs = rec.predict_proba([s for s, _ in parsed])
+    return outputs(rec, parsed, probs, top_k, threshold)
+
+
+def outputs(
+    rec: Recommender,
+    parsed: Sequence[tuple[Sample, list[str]]],
+    probs: np.ndarray,
+    top_k: int | None = None,
+    threshold: float | None = None,
+) -> list[dict]:
+    """The recommendation of each parsed patient from its row of ``probs``."""
     cut = rec.threshold if threshold is None else threshold
     model = model_info(rec)
     return [

@@ -25,7 +25,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from leader import __version__
 from leader.errors import LeaderError
 from leader.patient import CODE_KINDS, patient_json_schema
-from leader.recommend import model_info, read_patient, reader_for, recommend_samples
+from leader.recommend import (
+    check_choice,
+    model_info,
+    outputs,
+    read_patient,
+    reader_for,
+    recommend_samples,
+)
+from leader.serve.batching import MicroBatcher
 from leader.serve.schemas import (
     BatchResponse,
     ErrorBody,
@@ -127,6 +135,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     health = {"status": "ok", "model": card["model"]["id"]}
     n_drugs = len(recommender.schema.drugs)
     token = settings.token.encode() if settings.token else None
+    batcher = MicroBatcher(recommender.predict_proba)
 
     app = FastAPI(
         title="leader",
@@ -135,6 +144,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         "Decision support only: every recommendation needs review by a clinician.",
         redoc_url=None,
     )
+    app.state.batcher = batcher  # read by tests and anyone monitoring batch sizes
     app.add_middleware(SecurityHeaders)
     _install_error_handlers(app)
 
@@ -172,11 +182,15 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
     ) -> Response:
         patient = await read_json_body(request, settings.max_body_bytes)
-        # one patient is a few milliseconds of CPU: scoring it on the event loop beats a hop to
-        # the thread pool, where concurrent requests only contend for the GIL and the cores
-        # (measured: 130 -> ~240 requests/s for the demo student with 8 clients on 2 cores)
-        results = score([patient], top_k, threshold)
-        return _json(results[0])
+        try:
+            check_choice(top_k, threshold)
+            parsed = read_patient(reader, patient, "patient0")
+        except LeaderError as e:
+            raise ApiError(422, str(e)) from None
+        # concurrent requests share one model call, run on the event loop: a hop to the thread
+        # pool per request only made them contend for the GIL and the two cores
+        probs = await batcher.probabilities(parsed[0])
+        return _json(outputs(recommender, [parsed], probs[None, :], top_k, threshold)[0])
 
     @app.post(
         "/v1/recommend/batch",
