@@ -40,13 +40,6 @@ def reader_for(rec: Recommender, limits: Limits = DEFAULT_LIMITS) -> PatientRead
     return per_model[limits]
 
 
-def patient_to_sample(
-    patient: Any, schema: Schema, patient_id: str = "patient", limits: Limits = DEFAULT_LIMITS
-) -> tuple[Sample, list[str]]:
-    """Turn a JSON-like patient into a :class:`Sample`; return it with warnings."""
-    return PatientReader(schema, limits).to_sample(patient, patient_id)
-
-
 def model_info(rec: Recommender) -> dict[str, str]:
     """Which model answered: its name, a content id (hash of the bundle's file hashes) and the
     leader version that built it, so a recommendation can be traced to the exact bundle."""

@@ -114,8 +114,8 @@ class Dataset:
 
     @cached_property
     def ddi_matrix(self) -> np.ndarray:
-        """Symmetric 0/1 adjacency over the drug vocabulary."""
-        return ddi_matrix(self.ddi_pairs, self.drugs)
+        """Symmetric 0/1 adjacency over the drug vocabulary (built once, by the schema)."""
+        return self.schema.ddi_matrix
 
     @cached_property
     def schema(self) -> Schema:

@@ -11,7 +11,6 @@ bias starts at the training log-odds of each drug, so a short run starts from `p
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import warnings
@@ -369,10 +368,3 @@ def train_teacher(
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary
-
-
-def tokens_per_prompt(model: Teacher, samples: Sequence[Sample]) -> float:
-    """Mean prompt length in tokens (for throughput reports)."""
-    builder = model.prompt_builder()
-    lengths = [builder.build(s).n_tokens or 0 for s in samples]
-    return float(np.mean(lengths)) if lengths else math.nan
