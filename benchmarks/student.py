@@ -138,8 +138,8 @@ def main() -> None:
         tps = len(few) / (time.perf_counter() - t)
         single = time_each(lambda s: teacher.predict_proba([s]), few[:10], warmup=1)
         result["teacher"] = {
-            "llm": teacher.config["llm"],
-            "max_length": teacher.config["max_length"],
+            "llm": teacher.config.llm,
+            "max_length": teacher.config.max_length,
             "batched_visits_per_s": tps,
             "single_predict_proba": percentiles(single),
             "samples_timed": len(few),

@@ -37,9 +37,9 @@ def main() -> None:
 
     from leader.bundle import save_bundle
     from leader.data.dataset import Dataset
-    from leader.features import export_features
     from leader.models.teacher import Teacher
-    from leader.train import TrainConfig, train
+    from leader.pipelines import export_features
+    from leader.train import FitContext, train
 
     data = Dataset.load(args.data)
     t0 = time.perf_counter()
@@ -63,10 +63,9 @@ def main() -> None:
 
     task.collate = recording_collate
     stamps: list[float] = []
-    cfg = TrainConfig(**{**model.config["train"], "progress": False})
     start = time.perf_counter()
-    train(task, data.samples("train"), [], cfg, None, on_step=lambda s: stamps.append(
-        time.perf_counter()))
+    context = FitContext(progress=False, on_step=lambda s: stamps.append(time.perf_counter()))
+    train(task, data.samples("train"), [], model.config.train, context)
     intervals = np.diff([start, *stamps])[1:]  # drop the warm-up step
     steps = sizes[1 : len(intervals) + 1]
     seconds = float(intervals.sum())

@@ -108,3 +108,11 @@ def tiny_data(tiny_data_dir):
     from leader.data.dataset import Dataset
 
     return Dataset.load(tiny_data_dir)
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """``popular``, ``repeat-last`` and ``ddi`` bundles of the tiny cohort (see helpers)."""
+    from helpers import make_bundles
+
+    return make_bundles(tiny_data, tmp_path_factory.mktemp("bundles"))

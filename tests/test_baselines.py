@@ -6,14 +6,20 @@ import importlib.util
 import numpy as np
 import pytest
 
+import leader
 from leader.bundle import load
 from leader.errors import LeaderError
 from leader.evaluation import evaluate
-from leader.models.baselines.training import train_baseline
+from leader.pipelines import fit_model
 
 NEURAL = ("retain", "gamenet", "safedrug")
 LEARNED = ("logreg", *NEURAL)
-FAST = {"epochs": 3, "progress": False}
+FAST = {"train": {"epochs": 3}}
+
+
+def train_baseline(name, data, out, config=None):
+    result = fit_model(name, data, out, config, progress=False)
+    return result.out, result.metrics
 
 
 @pytest.mark.slow
@@ -22,7 +28,7 @@ def test_trains_on_tiny_data_and_serves(name, tiny_data, tiny_data_dir, tmp_path
     out, metrics = train_baseline(name, tiny_data_dir, tmp_path / name,
                                   FAST if name in NEURAL else None)
     assert set(metrics) == {"val", "test"} and 0 <= metrics["test"]["jaccard"] <= 1
-    rec = load(out)
+    rec = leader.load(out)
     assert rec.metrics["test"]["n_visits"] == len(tiny_data.samples("test"))
     samples = tiny_data.samples("test")
     probs = rec.predict_proba(samples)
@@ -39,8 +45,8 @@ def test_trains_on_tiny_data_and_serves(name, tiny_data, tiny_data_dir, tmp_path
 def test_refusals(tiny_data_dir, tmp_path):
     with pytest.raises(LeaderError, match="expected one of"):
         train_baseline("nope", tiny_data_dir, tmp_path / "x")
-    with pytest.raises(LeaderError, match="takes no training options"):
-        train_baseline("popular", tiny_data_dir, tmp_path / "x", {"epochs": 2})
+    with pytest.raises(LeaderError, match="unknown setting 'train'"):
+        train_baseline("popular", tiny_data_dir, tmp_path / "x", {"train": {"epochs": 2}})
     with pytest.raises(LeaderError, match="leader synth"):
         train_baseline("oracle", tiny_data_dir, tmp_path / "x")
     assert not (tmp_path / "x").exists()
@@ -61,9 +67,9 @@ HAVE_SYNTH = all(
 # step per patient, lr 2e-4 to 5e-4, 40-50 epochs) mean ~30k optimiser steps; here batches of 8
 # at lr 1e-3 for 10 epochs (~800 steps). Each model still has to learn from the codes to pass.
 SMALL = {
-    "retain": {"epochs": 6, "lr": 1e-2, "dropout": 0.2},
-    "gamenet": {"epochs": 10, "lr": 1e-3, "batch_size": 8},
-    "safedrug": {"epochs": 10, "lr": 1e-3, "batch_size": 8},
+    "retain": {"dropout": 0.2, "train": {"epochs": 6, "lr": 1e-2}},
+    "gamenet": {"train": {"epochs": 10, "lr": 1e-3, "batch_size": 8}},
+    "safedrug": {"train": {"epochs": 10, "lr": 1e-3, "batch_size": 8}},
 }
 PRAUC_MARGIN = 0.01
 
@@ -83,7 +89,7 @@ def synth_models(tmp_path_factory):
     prepare("mimic3", root / "raw", root / "data")
     dirs = {}
     for name in ("popular", "repeat-last", *LEARNED, "oracle"):
-        overrides = {**SMALL[name], "progress": False} if name in NEURAL else None
+        overrides = SMALL[name] if name in NEURAL else None
         dirs[name], _ = train_baseline(name, root / "data", root / name, overrides)
     return root / "data", dirs
 

@@ -16,10 +16,11 @@ def test_one_call_for_requests_waiting_together_and_rows_in_order():
     batcher = MicroBatcher(predict)
 
     async def main():
-        return await asyncio.gather(*(batcher.probabilities(i) for i in range(5)))
+        singles = [batcher.probabilities([i]) for i in range(3)]
+        return await asyncio.gather(*singles, batcher.probabilities([3, 4]))
 
     rows = asyncio.run(main())
-    assert [float(r[0]) for r in rows] == [0, 1, 2, 3, 4]
+    assert [r[:, 0].tolist() for r in rows] == [[0], [1], [2], [3, 4]]  # each request its rows
     assert seen == [[0, 1, 2, 3, 4]] and batcher.calls == 1
 
 
@@ -27,7 +28,7 @@ def test_max_batch_splits_and_errors_reach_every_waiter():
     batcher = MicroBatcher(lambda samples: np.zeros((len(samples), 1)), max_batch=2)
 
     async def main():
-        return await asyncio.gather(*(batcher.probabilities(i) for i in range(5)))
+        return await asyncio.gather(*(batcher.probabilities([i]) for i in range(5)))
 
     assert len(asyncio.run(main())) == 5 and batcher.calls == 3
 
@@ -38,10 +39,10 @@ def test_max_batch_splits_and_errors_reach_every_waiter():
 
     async def fail():
         return await asyncio.gather(
-            *(failing.probabilities(i) for i in range(3)), return_exceptions=True
+            *(failing.probabilities([i]) for i in range(3)), return_exceptions=True
         )
 
     errors = asyncio.run(fail())
     assert all(isinstance(e, RuntimeError) for e in errors)
     with pytest.raises(RuntimeError):
-        asyncio.run(failing.probabilities(0))
+        asyncio.run(failing.probabilities([0]))

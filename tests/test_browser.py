@@ -10,13 +10,10 @@ import threading
 import time
 
 import pytest
-import recommend_fixtures
 import uvicorn
 
 import leader
 from leader.serve import ServeSettings, create_app
-
-bundles = recommend_fixtures.bundles  # the shared session fixture
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

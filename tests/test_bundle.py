@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+import leader
 import leader.bundle as bundle
 from leader.errors import LeaderError
 from leader.models.base import model_class
@@ -58,7 +59,7 @@ def test_refuses_newer_format(popular_dir, tmp_path):
 
 
 def test_recommend_first_visit_patient_and_unknown_codes(tiny_data, popular_dir):
-    rec = bundle.load(popular_dir)
+    rec = leader.load(popular_dir)
     dx = tiny_data.vocab["diagnoses"].codes[0]
     out = rec.recommend(
         {

@@ -11,16 +11,11 @@ import torch
 from conftest import make_tiny_dataset
 
 from leader.data.dataset import Dataset
-from leader.distill import (
-    DistillOptions,
-    DistillTask,
-    FeatureTable,
-    bce_loss,
-    feature_loss,
-    info_nce,
-)
+from leader.distill import bce_loss, feature_loss, info_nce
 from leader.errors import LeaderError
-from leader.models.student import Student
+from leader.features import FeatureTable
+from leader.models.student import DistillTask, Student, StudentConfig
+from leader.pipelines import export_features, fit_model
 
 # --- the loss terms by hand --------------------------------------------------------------------
 
@@ -108,9 +103,9 @@ def run_steps(data, alpha, steps=40):
     train = data.samples("train")
     table = random_features(train)
     torch.manual_seed(0)
-    student = Student(data.schema)
+    student = Student(data.schema, {"alpha": alpha, "beta": 0.0})
     student.build()
-    task = DistillTask(student, alpha=alpha, beta=0.0, teacher=table)
+    task = DistillTask(student, teacher=table)
     opt = torch.optim.Adam(task.module.parameters(), lr=3e-3)
     before = teacher_mse(task, table, train)
     task.module.train()
@@ -150,21 +145,16 @@ def test_feature_table_aligns_by_sample_id(tiny_data):
 
 
 def test_option_defaults_follow_the_data_source():
-    assert (
-        DistillOptions().resolved("mimic3").alpha,
-        DistillOptions().resolved("mimic3").beta,
-    ) == (
-        0.4,
-        0.005,
-    )
-    iv = DistillOptions().resolved("mimic4")
+    iii = StudentConfig().resolved("mimic3")
+    assert (iii.alpha, iii.beta) == (0.4, 0.005)
+    iv = StudentConfig().resolved("mimic4")
     assert (iv.alpha, iv.beta) == (0.8, 0.01)
-    assert DistillOptions(alpha=0, beta=0).resolved("mimic4").alpha == 0.0
-    assert DistillOptions().resolved("mimic3", use_profile=False).beta == 0.0
-    with pytest.raises(LeaderError, match="--beta"):
-        DistillOptions(beta=0.1).resolved("mimic3", use_profile=False)
-    with pytest.raises(LeaderError, match="--alpha"):
-        DistillOptions(alpha=-1).resolved("mimic3")
+    assert StudentConfig(alpha=0, beta=0).resolved("mimic4").alpha == 0.0
+    assert StudentConfig(use_profile=False).resolved("mimic3").beta == 0.0
+    with pytest.raises(LeaderError, match="^beta: profile alignment needs the profile"):
+        StudentConfig(beta=0.1, use_profile=False)
+    with pytest.raises(LeaderError, match="^alpha: expected a number >= 0"):
+        StudentConfig(alpha=-1)
 
 
 def test_ablation_tasks_compute_only_their_terms(tiny_data):
@@ -173,8 +163,8 @@ def test_ablation_tasks_compute_only_their_terms(tiny_data):
 
     def logs(alpha, beta, teacher, **config):
         torch.manual_seed(0)
-        student = Student(tiny_data.schema, config)
-        task = DistillTask(student, alpha, beta, teacher=teacher)
+        student = Student(tiny_data.schema, {"alpha": alpha, "beta": beta, **config})
+        task = DistillTask(student, teacher=teacher)
         task.module.train()
         loss, out = task.loss(task.module, task.collate(train))
         assert torch.isfinite(loss)
@@ -187,7 +177,9 @@ def test_ablation_tasks_compute_only_their_terms(tiny_data):
     task, out = logs(0.0, 0.0, None, use_profile=False)
     assert set(out) == {"bce"} and not task.module.student.use_profile
     with pytest.raises(LeaderError, match="teacher"):
-        DistillTask(Student(tiny_data.schema), 0.4, 0.0, teacher=None)
+        DistillTask(Student(tiny_data.schema, {"alpha": 0.4}), teacher=None)
+    with pytest.raises(LeaderError, match="^alpha: feature distillation .* needs the teacher"):
+        Student(tiny_data.schema, {"alpha": 0.4}).fit(tiny_data)
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -196,12 +188,9 @@ def test_ablation_tasks_compute_only_their_terms(tiny_data):
 @pytest.fixture(scope="module")
 def teacher_dir(tiny_data_dir, tmp_path_factory):
     """A real (tiny random Llama) teacher with exported features: the path users take."""
-    from leader.features import export_features
-    from leader.models.teacher import train_teacher
-
     out = tmp_path_factory.mktemp("t") / "teacher"
     config = {"llm": "tiny", "max_length": 256, "train": {"max_steps": 2, "batch_size": 8}}
-    train_teacher(tiny_data_dir, out, config, progress=False)
+    fit_model("teacher", tiny_data_dir, out, config, progress=False)
     export_features(out, tiny_data_dir, batch_size=32)
     metrics = json.loads((out / "metrics.json").read_text())
     return out, metrics
@@ -268,6 +257,7 @@ def test_cli_ablation_without_teacher(cli, tiny_data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["use_profile"] is False
+    assert manifest["config"]["alpha"] == 0.0 and manifest["config"]["beta"] == 0.0
     assert manifest["distillation"] == {
         "alpha": 0.0,
         "beta": 0.0,

@@ -119,7 +119,7 @@ def test_cli_bad_input_exit_2(cli, bundles, tiny_data, tiny_data_dir, tmp_path):
     refuses(bundles["popular"], bundles["repeat-last"], match="expected 'leader-data'")
     empty = _no_test_split(tiny_data, tmp_path / "notest")
     refuses(bundles["popular"], empty, match="split 'test' has no visits")
-    with pytest.raises(LeaderError, match="--split"):
+    with pytest.raises(LeaderError, match="^split: expected one of"):
         evaluate(bundles["popular"], tiny_data_dir, split="nope")
 
 

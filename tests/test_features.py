@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from leader.cli import _register, app
 from leader.data.dataset import SPLITS, Dataset
 from leader.errors import LeaderError
-from leader.features import FEATURES, export_features, load_features
-from leader.models.teacher import train_teacher
+from leader.features import FEATURES, load_features
+from leader.pipelines import export_features, fit_model
 
 _register()
 runner = CliRunner()
@@ -33,7 +33,7 @@ def small(small_dir):
 @pytest.fixture(scope="module")
 def teacher_dir(small_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "t"
-    train_teacher(small_dir, out, CFG, progress=False)
+    fit_model("teacher", small_dir, out, CFG, progress=False)
     return out
 
 
@@ -93,7 +93,7 @@ def test_refuses_other_teacher(teacher_dir, small, small_dir, tmp_path):
     export_features(teacher_dir, small)
     other = tmp_path / "other-teacher"
     cfg = {**CFG, "train": {**CFG["train"], "seed": 3}}
-    train_teacher(small_dir, other, cfg, progress=False)
+    fit_model("teacher", small_dir, other, cfg, progress=False)
     shutil.copytree(teacher_dir / FEATURES, other / FEATURES)
     with pytest.raises(LeaderError, match="another teacher"):
         load_features(other, small, "train")

@@ -5,79 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
-import recommend_fixtures
+from helpers import coded, entry, make_bundle
 
 import leader
 from leader.errors import LeaderError
-from leader.fhir import ATC, ICD9, ICD10CM, ICD10PCS, NDC, bundle_to_patient
-
-bundles = recommend_fixtures.bundles  # the shared session fixture
-
-
-def entry(resource: dict, url: str | None = None) -> dict:
-    return {"fullUrl": url, "resource": resource} if url else {"resource": resource}
-
-
-def coded(kind: str, system: str, code: str, encounter: str | None, **extra) -> dict:
-    res: dict = {"resourceType": kind, "subject": {"reference": "Patient/p1"}, **extra}
-    concept = {"coding": [{"system": system, "code": code}]}
-    if kind == "MedicationRequest":
-        res.update(status="completed", intent="order", medicationCodeableConcept=concept)
-    else:
-        res["code"] = concept
-    if kind == "Procedure":
-        res["status"] = "completed"
-    if encounter:
-        res["encounter"] = {"reference": encounter}
-    return res
-
-
-def encounter(eid: str, start: str | None) -> dict:
-    res = {
-        "resourceType": "Encounter",
-        "id": eid,
-        "status": "finished",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
-    }
-    if start:
-        res["period"] = {"start": start}
-    return res
-
-
-def make_bundle() -> dict:
-    """Two encounters listed newest first; the older one referenced through its fullUrl."""
-    return {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [
-            entry(
-                {
-                    "resourceType": "Patient",
-                    "id": "p1",
-                    "gender": "female",
-                    "birthDate": "1950-06-15",
-                    "maritalStatus": {"coding": [{"code": "M"}]},
-                    "extension": [
-                        {
-                            "url": "https://leader.invalid/fhir/profile/insurance",
-                            "valueString": "Medicare",
-                        }
-                    ],
-                }
-            ),
-            entry(encounter("new", "2020-03-01T10:00:00Z")),
-            entry(encounter("old", "2019-01-01T10:00:00Z"), "urn:uuid:old-enc"),
-            entry(coded("Condition", ICD9, "401", "Encounter/new")),
-            entry(coded("Condition", ICD10CM, "I10", "Encounter/new")),
-            entry(coded("Procedure", ICD10PCS, "0DTJ4ZZ", "Encounter/new")),
-            entry(coded("Condition", ICD9, "402.", "urn:uuid:old-enc")),
-            entry(coded("MedicationRequest", ATC, "A00A", "urn:uuid:old-enc")),
-            entry(coded("MedicationRequest", NDC, "00002202402", "urn:uuid:old-enc")),
-            entry(coded("Condition", "http://snomed.info/sct", "38341003", "Encounter/new")),
-            entry(coded("Condition", ICD9, "403", "Encounter/gone")),
-            entry({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
-        ],
-    }
+from leader.fhir import ICD9, bundle_to_patient
 
 
 def test_bundle_to_patient_orders_and_maps():

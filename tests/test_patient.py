@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-import recommend_fixtures
-from recommend_fixtures import simple_patient
+from helpers import simple_patient
 
 import leader
 from leader.errors import LeaderError
@@ -17,9 +16,6 @@ from leader.patient import (
     patient_json_schema,
     validate_patient,
 )
-from leader.recommend import recommend_many
-
-bundles = recommend_fixtures.bundles  # the shared session fixture
 
 
 def test_good_patient_minimal_and_full():
@@ -135,7 +131,7 @@ def test_recommend_output_and_ddi_warning(tiny_data, bundles):
     assert out["model"]["version"] == leader.__version__
     # threshold mode: the bundle's 0.5 keeps the two classes above it
     assert rec.recommend(simple_patient(tiny_data))["recommended"] == [a, b]
-    strict = recommend_many(rec, [simple_patient(tiny_data)], threshold=0.95)[0]
+    strict = rec.recommend_many([simple_patient(tiny_data)], threshold=0.95)[0]
     assert strict["recommended"] == [] and strict["threshold"] == 0.95
     with pytest.raises(LeaderError, match="top_k"):
         rec.recommend(simple_patient(tiny_data), top_k=0)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 
-import recommend_fixtures
-from recommend_fixtures import run_cli, simple_patient
-from test_fhir import make_bundle
-
-bundles = recommend_fixtures.bundles  # the shared session fixture
+from helpers import make_bundle, run_cli, simple_patient
 
 
 def test_single_patient_table_and_json(tmp_path, bundles, tiny_data, monkeypatch, capsys):

@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import recommend_fixtures
 from fastapi.testclient import TestClient
-from recommend_fixtures import simple_patient
-from test_fhir import make_bundle
+from helpers import make_bundle, simple_patient
 
 import leader
 from leader.patient import Limits
 from leader.serve import ServeSettings, create_app
-
-bundles = recommend_fixtures.bundles  # the shared session fixture
 
 TOKEN = "s3cret-token-of-some-length"
 

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+import leader
 import leader.bundle as bundle
 from leader.data.samples import Sample, Visit
-from leader.distill import DistillOptions, fit
 from leader.errors import LeaderError
-from leader.models.student import Student
+from leader.models.student import Student, StudentConfig
+from leader.train import FitContext, TrainConfig
 
 # tiny models on a shared 2-core machine: more threads only contend (20x slower measured)
 
@@ -108,26 +109,32 @@ def test_batched_equals_single(tiny_data):
     np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
 
 
-def quick(**kw):
-    base = dict(alpha=0.0, beta=0.01, epochs=3, batch_size=8, patience=100, progress=False)
-    base.update(kw)
-    return DistillOptions(**base)
+def quick(**train) -> StudentConfig:
+    return StudentConfig(alpha=0.0, beta=0.01,
+                         train=TrainConfig(**{"epochs": 3, "batch_size": 8, "patience": 100,
+                                              **train}))
+
+
+def fit(student, data, run_dir=None, on_step=None):
+    student.fit(data, FitContext(run_dir, progress=False, on_step=on_step))
+    return student.fit_summary
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data):
-    student = Student(tiny_data.schema)
-    fit(student, tiny_data, quick(epochs=4))
+    student = Student(tiny_data.schema, quick(epochs=4))
+    fit(student, tiny_data)
     return student
 
 
 def test_bundle_roundtrip_identical_predictions(trained, tiny_data, tmp_path):
     out = bundle.save_bundle(trained, tmp_path / "student", metrics={"test": {"jaccard": 0.5}})
-    loaded = bundle.load(out)
+    loaded = leader.load(out)
     samples = tiny_data.samples("test")
     np.testing.assert_array_equal(loaded.predict_proba(samples), trained.predict_proba(samples))
     assert loaded.manifest["model"] == "student"
-    assert loaded.manifest["config"]["training"]["beta"] == 0.01
+    assert loaded.manifest["config"]["beta"] == 0.01
+    assert loaded.model.config == trained.config
     first = loaded.recommend(
         {"profile": PROFILE_A, "visits": [{"diagnoses": list(codes(tiny_data, "diagnoses", 2))}]}
     )
@@ -154,8 +161,8 @@ def test_damaged_bundle_is_refused(trained, tmp_path):
 
 def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
     options = quick(max_steps=14, epochs=10, eval_every=4)
-    ref = Student(tiny_data.schema)
-    fit(ref, tiny_data, options, run_dir=tmp_path / "ref")
+    ref = Student(tiny_data.schema, options)
+    fit(ref, tiny_data, run_dir=tmp_path / "ref")
 
     def crash(step):
         if step == 9:
@@ -163,12 +170,12 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(Student(tiny_data.schema), tiny_data, options, run_dir=run, on_step=crash)
+        fit(Student(tiny_data.schema, options), tiny_data, run_dir=run, on_step=crash)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 8
     torch.manual_seed(999)  # nothing of the interrupted process survives but the checkpoint
-    resumed = Student(tiny_data.schema)
-    result = fit(resumed, tiny_data, options, run_dir=run)
-    assert result.steps == 14
+    resumed = Student(tiny_data.schema, options)
+    result = fit(resumed, tiny_data, run_dir=run)
+    assert result["steps"] == 14
     for (name, a), b in zip(
         ref.module.state_dict().items(), resumed.module.state_dict().values(), strict=True
     ):

@@ -19,7 +19,9 @@ from leader.bundle import load
 from leader.cli import _register, app
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
-from leader.models.teacher import Teacher, last_token_index, run_dir_for, train_teacher
+from leader.models.teacher import Teacher, last_token_index
+from leader.pipelines import fit_model, run_dir_for
+from leader.train import FitContext
 
 _register()
 runner = CliRunner()
@@ -42,6 +44,10 @@ def small(small_dir):
 
 def _config(**train) -> dict:
     return {**FAST, "train": {**FAST["train"], **train}}
+
+
+def train_teacher(data_dir, out, config, on_step=None):
+    return fit_model("teacher", data_dir, out, config, on_step=on_step)
 
 
 def _weights_hash(model: Teacher) -> str:
@@ -85,11 +91,11 @@ def test_training_lowers_loss(small):
     batch = task.collate(small.samples("train")[:32])
     with torch.no_grad():
         before = float(task.loss(model.module.eval(), batch)[0])
-    model.fit(small, progress=False)
+    model.fit(small, FitContext(progress=False))
     with torch.no_grad():
         after = float(task.loss(model.module.eval(), batch)[0])
     assert after < before - 0.05, (before, after)
-    assert model.result["steps"] == 12
+    assert model.fit_summary["steps"] == 12
     trainable = model.state_dict()
     assert any("lora_A" in k for k in trainable) and "drug_layer.weight" in trainable
     assert not any("embed_tokens" in k for k in trainable)  # the backbone stays frozen
@@ -103,7 +109,7 @@ class _Interrupt(Exception):
 def test_resume_after_interruption_matches_uninterrupted(small_dir, small, tmp_path):
     cfg = _config(max_steps=4, eval_every=2)
     whole = tmp_path / "whole"
-    train_teacher(small_dir, whole, cfg, progress=False)
+    train_teacher(small_dir, whole, cfg)
 
     def stop_at_3(step: int) -> None:
         if step == 3:
@@ -111,23 +117,23 @@ def test_resume_after_interruption_matches_uninterrupted(small_dir, small, tmp_p
 
     resumed = tmp_path / "resumed"
     with pytest.raises(_Interrupt):
-        train_teacher(small_dir, resumed, cfg, progress=False, on_step=stop_at_3)
+        train_teacher(small_dir, resumed, cfg, on_step=stop_at_3)
     assert not resumed.exists() and (run_dir_for(resumed) / "checkpoint").is_dir()
     with pytest.raises(LeaderError, match="other options"):  # a different command is refused
-        train_teacher(small_dir, resumed, _config(max_steps=5, eval_every=2), progress=False)
+        train_teacher(small_dir, resumed, _config(max_steps=5, eval_every=2))
     steps: list[int] = []
-    train_teacher(small_dir, resumed, cfg, progress=False, on_step=steps.append)
+    train_teacher(small_dir, resumed, cfg, on_step=steps.append)
     assert steps == [3, 4]  # continued from the step-2 checkpoint
     assert not run_dir_for(resumed).exists()
     a, b = load(whole), load(resumed)
     assert _weights_hash(a.model) == _weights_hash(b.model)
-    assert (resumed / "log.jsonl").is_file()
+    assert (resumed / "train_log.jsonl").is_file()
 
 
 def test_bundle_roundtrip_and_manifest(small_dir, small, tmp_path):
     out = tmp_path / "teacher"
-    summary = train_teacher(small_dir, out, _config(max_steps=3), progress=False)
-    assert set(summary["val"]) >= {"jaccard", "prauc", "f1", "ddi_rate", "avg_meds"}
+    result = train_teacher(small_dir, out, _config(max_steps=3))
+    assert set(result.metrics["val"]) >= {"jaccard", "prauc", "f1", "ddi_rate", "avg_meds"}
     rec = load(out)
     assert rec.manifest["model"] == "teacher" and rec.manifest["llm"] == "tiny"
     assert json.loads((out / "model.json").read_text())["config"]["lora_r"] == 8
@@ -148,9 +154,10 @@ def test_two_processes_keep_identical_replicas(small_dir, tmp_path):
             import hashlib, os
             from leader.data.dataset import Dataset
             from leader.models.teacher import Teacher
+            from leader.train import FitContext
             data = Dataset.load({str(small_dir)!r})
             model = Teacher(data.schema, {_config(max_steps=3, eval_every=3)!r})
-            model.fit(data, None, progress=False)
+            model.fit(data, FitContext(progress=False))
             h = hashlib.sha256()
             for name, t in sorted(model.state_dict().items()):
                 h.update(name.encode()); h.update(t.float().numpy().tobytes())
@@ -190,8 +197,8 @@ def _not_causal(tmp_path: Path) -> Path:
         (["--llm", "/no/such/model"], "--llm /no/such/model: no such directory"),
         (["--llm", "{empty}"], "not a Hugging Face model directory"),
         (["--llm", "{bert}"], "is not a causal language model"),
-        (["--max-length", "100000"], "--max-length 100000: the model tiny takes 16 to 4096"),
-        (["--dtype", "fp8"], "--dtype: 'fp8' is not supported"),
+        (["--max-length", "100000"], "max_length: the model tiny takes 16 to 4096"),
+        (["--dtype", "fp8"], "dtype: expected one of fp32, bf16, got 'fp8'"),
     ],
 )
 def test_train_teacher_bad_input(small_dir, tmp_path, extra, message):
@@ -230,5 +237,5 @@ def test_existing_teacher_needs_force(small_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(LeaderError, match="use --force"):
-        train_teacher(small_dir, out, _config(max_steps=1), progress=False)
+        train_teacher(small_dir, out, _config(max_steps=1))
     assert (out / "keep.txt").is_file()

@@ -8,20 +8,24 @@ import pytest
 import torch
 from train_tasks import LinearTask
 
-from leader.train import TrainConfig, epoch_order, train
+from leader.train import FitContext, TrainConfig, epoch_order, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def ctx(run_dir=None, on_step=None) -> FitContext:
+    return FitContext(run_dir, progress=False, on_step=on_step)
+
+
 def cfg(**kw):
-    base = dict(epochs=30, batch_size=8, lr=0.05, eval_every=5, patience=100, progress=False)
+    base = dict(epochs=30, batch_size=8, lr=0.05, eval_every=5, patience=100)
     base.update(kw)
     return TrainConfig(**base)
 
 
 def test_training_improves_validation_prauc(tiny_data, tmp_path):
     task = LinearTask(tiny_data)
-    result = train(task, tiny_data.samples("train"), tiny_data.samples("val"), cfg(), tmp_path)
+    result = train(task, tiny_data.samples("train"), tiny_data.samples("val"), cfg(), ctx(tmp_path))
     scores = [h["val_prauc"] for h in result.history if "val_prauc" in h]
     assert result.best_score == max(scores)
     assert result.best_score > scores[0] + 0.05
@@ -32,7 +36,7 @@ def test_training_improves_validation_prauc(tiny_data, tmp_path):
 def test_early_stopping_restores_best(tiny_data):
     task = LinearTask(tiny_data)
     result = train(
-        task, tiny_data.samples("train"), tiny_data.samples("val"), cfg(lr=1.0, patience=2), None
+        task, tiny_data.samples("train"), tiny_data.samples("val"), cfg(lr=1.0, patience=2), ctx()
     )
     assert result.stopped_early
     assert result.best_step < result.steps
@@ -42,7 +46,7 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
     train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
     config = cfg(max_steps=23, eval_every=4)
     ref = LinearTask(tiny_data)
-    train(ref, train_s, val_s, config, tmp_path / "ref")
+    train(ref, train_s, val_s, config, ctx(tmp_path / "ref"))
 
     def crash(step):
         if step == 14:
@@ -50,12 +54,12 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(LinearTask(tiny_data), train_s, val_s, config, run, on_step=crash)
+        train(LinearTask(tiny_data), train_s, val_s, config, ctx(run, crash))
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 12
     resumed = LinearTask(
         tiny_data, seed=123
     )  # different init: everything comes from the checkpoint
-    result = train(resumed, train_s, val_s, config, run)
+    result = train(resumed, train_s, val_s, config, ctx(run))
     assert result.steps == 23
     pairs = zip(ref.module.state_dict().values(), resumed.module.state_dict().values(), strict=True)
     for a, b in pairs:
@@ -66,9 +70,9 @@ def test_changed_options_refuse_to_resume(tiny_data, tmp_path):
     from leader.errors import LeaderError
 
     train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
-    train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4), tmp_path)
+    train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4), ctx(tmp_path))
     with pytest.raises(LeaderError, match="other training options"):
-        train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4, lr=0.01), tmp_path)
+        train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4, lr=0.01), ctx(tmp_path))
 
 
 def test_epoch_order_shards_disjoint():
@@ -84,12 +88,12 @@ sys.path.insert(0, {tests!r})
 import torch, torch.distributed as dist
 from conftest import make_tiny_dataset
 from leader.data.dataset import Dataset
-from leader.train import TrainConfig, train
+from leader.train import FitContext, TrainConfig, train
 from train_tasks import LinearTask
 data = Dataset.load({data!r})
 task = LinearTask(data)
 train(task, data.samples("train"), data.samples("val"),
-      TrainConfig(epochs=3, batch_size=4, lr=0.05, progress=False), Path({run!r}))
+      TrainConfig(epochs=3, batch_size=4, lr=0.05), FitContext(Path({run!r}), progress=False))
 rank = dist.get_rank() if dist.is_initialized() else 0
 world = dist.get_world_size() if dist.is_initialized() else 1
 digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in task.module.state_dict().values()))

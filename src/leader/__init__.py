@@ -9,11 +9,11 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from leader.bundle import Recommender
+    from leader.recommend import Recommender
 
 
 def load(model_dir: str | Path) -> Recommender:
     """Load a MODEL_DIR bundle: ``leader.load(d).recommend(patient)``."""
-    from leader.bundle import load as load_bundle
+    from leader.recommend import Recommender  # deferred: `import leader` stays light
 
-    return load_bundle(model_dir)
+    return Recommender.load(model_dir)

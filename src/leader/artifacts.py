@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from leader import __version__
 from leader.errors import LeaderError
 
 MANIFEST = "manifest.json"
 
 
 def package_version() -> str:
-    from leader import __version__
 
     return __version__
 

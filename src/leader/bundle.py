@@ -9,6 +9,7 @@ bundle is refused on load instead of giving silently wrong recommendations.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def save_bundle(
             MODEL_KIND,
             MODEL_FORMAT_VERSION,
             model=model.name,
-            config=model.config,
+            config=model.config.to_dict(),
             threshold=threshold,
             parameters=model.num_parameters(),
             data={"source": model.schema.source, "hash": model.schema.data_hash},
@@ -115,14 +116,13 @@ def model_card(model: MedModel, threshold: float, metrics: dict[str, Any]) -> st
     return "\n".join(lines)
 
 
-class Recommender:
-    """A loaded bundle: scores samples and recommends for plain-JSON patients."""
+@dataclass(eq=False)
+class Bundle:
+    """A loaded MODEL_DIR: the model, its manifest and where it came from."""
 
-    def __init__(self, directory: Path, manifest: dict, model: MedModel):
-        self.directory = directory
-        self.manifest = manifest
-        self.model = model
-        self.threshold = float(manifest.get("threshold", 0.5))
+    directory: Path
+    manifest: dict
+    model: MedModel
 
     @property
     def schema(self) -> Schema:
@@ -133,6 +133,10 @@ class Recommender:
         return self.model.name
 
     @property
+    def threshold(self) -> float:
+        return float(self.manifest.get("threshold", 0.5))
+
+    @property
     def metrics(self) -> dict:
         return read_json(self.directory / METRICS_FILE)
 
@@ -141,16 +145,8 @@ class Recommender:
             return np.zeros((0, len(self.schema.drugs)), dtype=np.float32)
         return np.asarray(self.model.predict_proba(samples), dtype=np.float32)
 
-    def recommend(self, patient: Any, top_k: int | None = None) -> dict:
-        return self.recommend_many([patient], top_k=top_k)[0]
 
-    def recommend_many(self, patients: Sequence[Any], top_k: int | None = None) -> list[dict]:
-        from leader.recommend import recommend_many
-
-        return recommend_many(self, patients, top_k=top_k)
-
-
-def load(directory: str | Path, verify: bool = True) -> Recommender:
+def load(directory: str | Path, verify: bool = True) -> Bundle:
     """Load a MODEL_DIR; refuse one that is damaged or from an unreadable format."""
     directory = Path(directory)
     manifest = read_manifest(directory, MODEL_KIND, MODEL_FORMAT_VERSION)
@@ -171,4 +167,4 @@ def load(directory: str | Path, verify: bool = True) -> Recommender:
         raise
     except Exception as e:  # a file that passed the checksum but does not fit the model
         raise LeaderError(f"{directory}: cannot load the {cls.name} model ({e})") from None
-    return Recommender(directory, manifest, model)
+    return Bundle(directory, manifest, model)

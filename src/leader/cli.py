@@ -11,6 +11,8 @@ import sys
 
 import typer
 
+from leader.commands.options import flag_for
+from leader.configs import ConfigError
 from leader.errors import LeaderError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,6 +50,11 @@ def main() -> None:
     _register()
     try:
         app()
+    except ConfigError as e:  # a field the user set through its flag, or in a file
+        where = e.where or flag_for(e.field)
+        field = f"{e.field}: " if e.where else ""
+        print(f"error: {where}: {field}{e.detail}", file=sys.stderr)
+        sys.exit(2)
     except LeaderError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

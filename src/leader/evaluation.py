@@ -1,6 +1,6 @@
 """`leader evaluate`: score one model bundle on one split under one stated protocol.
 
-Every model is scored only through ``Recommender.predict_proba``, with one threshold rule for all
+Every model is scored only through ``Bundle.predict_proba``, with one threshold rule for all
 models and seeded resamples that depend only on (number of visits, rounds, frac, seed), so two
 models evaluated with the same options are compared on identical draws. The result is the
 ``EVAL.json`` layout other tools read::
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from leader.artifacts import MANIFEST, sha256_file
-from leader.bundle import Recommender, load
+from leader.bundle import Bundle, load
+from leader.configs import ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample, multi_hot
 from leader.errors import LeaderError
@@ -50,8 +51,8 @@ def protocol_line(protocol: dict) -> str:
     )
 
 
-def as_recommender(model: str | Path | Recommender) -> Recommender:
-    return model if isinstance(model, Recommender) else load(model)
+def as_bundle(model: str | Path | Bundle) -> Bundle:
+    return model if isinstance(model, Bundle) else load(model)
 
 
 def as_dataset(data: str | Path | Dataset) -> Dataset:
@@ -60,14 +61,14 @@ def as_dataset(data: str | Path | Dataset) -> Dataset:
 
 def split_samples(data: Dataset, split: str) -> list[Sample]:
     if split not in SPLITS:
-        raise LeaderError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        raise ConfigError("split", f"expected one of {', '.join(SPLITS)}, got {split!r}")
     samples = data.samples(split)
     if not samples:
         raise LeaderError(f"{data.root}: split {split!r} has no visits; nothing to evaluate")
     return samples
 
 
-def drug_columns(rec: Recommender, data: Dataset) -> np.ndarray:
+def drug_columns(rec: Bundle, data: Dataset) -> np.ndarray:
     """Column of each data drug in the model's output; refuse a model that lacks some drug."""
     index = rec.schema.drugs.index
     missing = [c for c in data.drugs.codes if c not in index]
@@ -80,7 +81,7 @@ def drug_columns(rec: Recommender, data: Dataset) -> np.ndarray:
 
 
 def score(
-    rec: Recommender, data: Dataset, samples: Sequence[Sample]
+    rec: Bundle, data: Dataset, samples: Sequence[Sample]
 ) -> tuple[np.ndarray, float]:
     """Probabilities in the data's drug order, and the seconds the model took."""
     cols = drug_columns(rec, data)
@@ -112,12 +113,12 @@ def group_masks(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
 
 
 def choose_threshold(
-    rec: Recommender, data: Dataset, threshold: float | None, tune: bool
+    rec: Bundle, data: Dataset, threshold: float | None, tune: bool
 ) -> tuple[float, str, dict[str, Any]]:
     """The threshold, the rule in words, and what tuning saw (empty when not tuned)."""
     if tune:
         if threshold is not None:
-            raise LeaderError("--threshold and --tune-threshold: give one or the other")
+            raise ConfigError("threshold", "give a threshold or tune it, not both")
         val = split_samples(data, "val")
         probs, _ = score(rec, data, val)
         best, jac = tune_threshold(truth(val, data), probs)
@@ -127,7 +128,7 @@ def choose_threshold(
     if threshold is None:
         return DEFAULT_THRESHOLD, "fixed 0.5 for every model", {}
     if not 0.0 < threshold < 1.0:
-        raise LeaderError(f"--threshold {threshold}: expected a number between 0 and 1")
+        raise ConfigError("threshold", f"expected a number between 0 and 1, got {threshold}")
     return float(threshold), f"fixed {threshold} for every model", {}
 
 
@@ -154,7 +155,7 @@ def metrics_block(
 
 
 def evaluate(
-    model: str | Path | Recommender,
+    model: str | Path | Bundle,
     data: str | Path | Dataset,
     split: str = "test",
     rounds: int = 10,
@@ -165,10 +166,10 @@ def evaluate(
 ) -> dict:
     """Score ``model`` on ``split`` of ``data``; return the EVAL.json dict (see module doc)."""
     if rounds < 1:
-        raise LeaderError(f"--rounds {rounds}: expected at least 1")
+        raise ConfigError("rounds", f"expected at least 1, got {rounds}")
     if not 0.0 < frac <= 1.0:
-        raise LeaderError(f"--frac {frac}: expected a share in (0, 1]")
-    rec, data = as_recommender(model), as_dataset(data)
+        raise ConfigError("frac", f"expected a share in (0, 1], got {frac}")
+    rec, data = as_bundle(model), as_dataset(data)
     samples = split_samples(data, split)
     thr, rule, tuning = choose_threshold(rec, data, threshold, tune_threshold)
     probs, seconds = score(rec, data, samples)

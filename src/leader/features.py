@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from leader.artifacts import MANIFEST, read_json, write_json
 from leader.data.dataset import SPLITS, Dataset
+from leader.data.samples import Sample
 from leader.errors import LeaderError
 
 FEATURES = "features"
@@ -63,23 +65,31 @@ def _shard_ok(path: Path, expected: dict[str, str]) -> bool:
     return all(meta.get(k) == v for k, v in expected.items())
 
 
+class Encoder(Protocol):
+    """A loaded teacher, as far as export needs it."""
+
+    schema: Any
+    config: Any
+
+    def encode(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def export_features(
+    teacher: Encoder,
     teacher_dir: str | Path,
-    data_dir: str | Path | Dataset,
+    data: Dataset,
     batch_size: int = 16,
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> dict:
-    """Write the features of every sample of every split; returns the index (with counts)."""
-    from leader.bundle import load
+    """Write the features of every sample of every split into ``teacher_dir/features``.
 
+    ``teacher`` is the model loaded from ``teacher_dir``. Returns the index (with counts).
+    """
     teacher_dir = Path(teacher_dir)
     thash = teacher_hash(teacher_dir)
-    data = _as_dataset(data_dir)
-    rec = load(teacher_dir)
-    teacher = rec.model
-    if rec.schema.drugs.codes != data.drugs.codes:
+    if teacher.schema.drugs.codes != data.drugs.codes:
         raise LeaderError(
             f"{data.root}: its drug vocabulary differs from the teacher's; export features "
             "with the data the teacher was trained on"
@@ -92,7 +102,7 @@ def export_features(
     index: dict = {
         "teacher_hash": thash,
         "data_hash": data.data_hash,
-        "hidden_size": int(teacher.config.get("hidden_size", 0)),
+        "hidden_size": int(teacher.config.hidden_size or 0),
         "drugs": len(data.drugs),
         "splits": {},
     }
@@ -179,3 +189,44 @@ def load_features(
     if not hidden:
         return [], torch.zeros(0, index.get("hidden_size", 0)), torch.zeros(0, index["drugs"])
     return ids, torch.cat(hidden), torch.cat(logits)
+
+
+class TeacherFeatures(Protocol):
+    """The teacher's hidden states of training samples, as the student's fit reads them."""
+
+    size: int
+
+    def covers(self, samples: Sequence[Sample]) -> bool: ...
+
+    def __call__(self, samples: Sequence[Sample]) -> torch.Tensor: ...
+
+
+class FeatureTable:
+    """Exported teacher hidden states, aligned to samples by sample id."""
+
+    def __init__(self, ids: Sequence[str], hidden: torch.Tensor):
+        if len(ids) != hidden.shape[0]:
+            raise LeaderError(f"teacher features: {len(ids)} ids for {hidden.shape[0]} rows")
+        self.index = {sid: i for i, sid in enumerate(ids)}
+        self.hidden = hidden.float()
+        self.size = int(hidden.shape[1])
+
+    @classmethod
+    def load(cls, teacher_dir: Path, data: Dataset, split: str = "train") -> FeatureTable:
+        ids, hidden, _logits = load_features(teacher_dir, data, split)
+        return cls(ids, hidden)
+
+    def check_covers(self, samples: Sequence[Sample], where: str) -> None:
+        missing = [s.sample_id for s in samples if s.sample_id not in self.index]
+        if missing:
+            raise LeaderError(
+                f"{where}: no teacher features for {len(missing)} of {len(samples)} training "
+                f"samples (e.g. {missing[0]!r}); run `leader export-features` for this data"
+            )
+
+    def covers(self, samples: Sequence[Sample]) -> bool:
+        return all(s.sample_id in self.index for s in samples)
+
+    def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
+        rows = [self.index[s.sample_id] for s in samples]
+        return self.hidden[torch.tensor(rows, dtype=torch.long)]

@@ -28,11 +28,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from leader.data.dataset import UNKNOWN, Schema, icd_key
+from leader.data.dataset import Schema
+from leader.data.drugs import ndc_map
 from leader.data.samples import Sample, Visit
+from leader.data.vocab import CODE_KINDS, UNKNOWN, icd_key
 from leader.errors import LeaderError
 
-CODE_KINDS = ("diagnoses", "procedures", "drugs")
 ICD_PREFIX = re.compile(r"^icd(9|10):", re.IGNORECASE)
 ATC_CODE = re.compile(r"^[A-Z]\d\d[A-Z]")
 NDC_CODE = re.compile(r"^\d[\d-]{0,12}$")
@@ -166,7 +167,6 @@ def default_icd_version(schema: Schema) -> int:
 
 @cache
 def _ndc_to_atc3() -> dict[str, str]:
-    from leader.data.drugs import ndc_map
 
     table = ndc_map()
     return dict(zip(table["ndc"].to_list(), table["atc3"].to_list(), strict=True))

@@ -19,9 +19,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from leader.data.dataset import Schema, Vocab, age_bucket
+from leader.data.dataset import Dataset, Schema
 from leader.data.samples import Sample, Visit, sample_id
+from leader.data.vocab import Vocab, age_bucket
 from leader.errors import LeaderError
+from leader.llm import load_tokenizer
 
 DEFAULT_HISTORY = 3
 
@@ -220,8 +222,6 @@ def render_prompt(
     llm: str = "smollm2",
 ) -> tuple[Sample, Prompt]:
     """The prompt of one visit of DATA_DIR, exactly as training builds it."""
-    from leader.data.dataset import Dataset
-    from leader.llm import load_tokenizer
 
     data = Dataset.load(data_dir)
     sample = find_sample(data.samples(), str(patient), visit)

@@ -14,42 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from leader.bundle import Bundle
+from leader.bundle import load as load_bundle
 from leader.data.dataset import Schema
 from leader.data.samples import Sample
 from leader.errors import LeaderError
+from leader.fhir import bundle_to_patient
 from leader.patient import DEFAULT_LIMITS, Limits, PatientReader
 
-if TYPE_CHECKING:
-    from leader.bundle import Recommender
-
-_readers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def reader_for(rec: Recommender, limits: Limits = DEFAULT_LIMITS) -> PatientReader:
-    """The (cached) patient reader of a loaded model."""
-    per_model = _readers.setdefault(rec, {})
-    if limits not in per_model:
-        per_model[limits] = PatientReader(rec.schema, limits)
-    return per_model[limits]
-
-
-def model_info(rec: Recommender) -> dict[str, str]:
-    """Which model answered: its name, a content id (hash of the bundle's file hashes) and the
-    leader version that built it, so a recommendation can be traced to the exact bundle."""
-    files = json.dumps(rec.manifest.get("files", {}), sort_keys=True).encode()
-    return {
-        "name": rec.name,
-        "id": f"{rec.name}-{hashlib.sha256(files).hexdigest()[:12]}",
-        "version": str(rec.manifest.get("versions", {}).get("leader", "")),
-        "created": str(rec.manifest.get("created", "")),
-    }
+Parsed = tuple[Sample, list[str]]  # a patient read into a sample, and its input warnings
 
 
 def ranked_output(
@@ -86,77 +67,8 @@ def check_choice(top_k: int | None, threshold: float | None) -> None:
         raise LeaderError(f"threshold: expected a number between 0 and 1, got {threshold}")
 
 
-def recommend_samples(
-    rec: Recommender,
-    parsed: Sequence[tuple[Sample, list[str]]],
-    top_k: int | None = None,
-    threshold: float | None = None,
-) -> list[dict]:
-    """Score already-mapped samples in one model call and build each output."""
-    check_choice(top_k, threshold)
-    probs = rec.predict_proba([s for s, _ in parsed])
-    return outputs(rec, parsed, probs, top_k, threshold)
-
-
-def outputs(
-    rec: Recommender,
-    parsed: Sequence[tuple[Sample, list[str]]],
-    probs: np.ndarray,
-    top_k: int | None = None,
-    threshold: float | None = None,
-) -> list[dict]:
-    """The recommendation of each parsed patient from its row of ``probs``."""
-    cut = rec.threshold if threshold is None else threshold
-    model = model_info(rec)
-    return [
-        {
-            "patient_id": sample.patient_id,
-            "model": model,
-            **ranked_output(probs[i], rec.schema, cut, top_k),
-            "threshold": cut if top_k is None else None,
-            "top_k": top_k,
-            "warnings": warnings,
-        }
-        for i, (sample, warnings) in enumerate(parsed)
-    ]
-
-
-def recommend_many(
-    rec: Recommender,
-    patients: Sequence[Any],
-    top_k: int | None = None,
-    threshold: float | None = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> list[dict]:
-    """Recommend for plain-JSON patients (dicts or validated models) or FHIR Bundles.
-
-    A bad patient raises :class:`LeaderError` naming its index; nothing is scored then.
-    """
-    reader = reader_for(rec, limits)
-    parsed = []
-    for i, p in enumerate(patients):
-        try:
-            parsed.append(read_patient(reader, p, f"patient{i}"))
-        except LeaderError as e:
-            raise LeaderError(f"patients[{i}]: {e}") from None
-    return recommend_samples(rec, parsed, top_k=top_k, threshold=threshold)
-
-
 def is_fhir(obj: Any) -> bool:
     return isinstance(obj, dict) and "resourceType" in obj
-
-
-def read_patient(
-    reader: PatientReader, obj: Any, patient_id: str = "patient"
-) -> tuple[Sample, list[str]]:
-    """A patient JSON or a FHIR Bundle (detected by ``resourceType``) → sample and warnings."""
-    extra: list[str] = []
-    if is_fhir(obj):
-        from leader.fhir import bundle_to_patient
-
-        obj, extra = bundle_to_patient(obj, reader.limits)
-    sample, warnings = reader.to_sample(obj, patient_id)
-    return sample, extra + warnings
 
 
 def read_json_file(path: Path) -> Any:
@@ -169,88 +81,192 @@ def read_json_file(path: Path) -> Any:
         raise LeaderError(f"{path}: not valid JSON ({str(e)[:200]})") from None
 
 
-def recommend_file(
-    rec: Recommender, path: Path, top_k: int | None = None, threshold: float | None = None
-) -> dict:
-    """Recommend for the one patient in ``path`` (patient JSON or FHIR Bundle, detected)."""
-    check_choice(top_k, threshold)
-    obj = read_json_file(path)
-    try:
-        parsed = read_patient(reader_for(rec), obj, path.stem)
-    except LeaderError as e:
-        raise LeaderError(f"{path}: {e}") from None
-    return recommend_samples(rec, [parsed], top_k=top_k, threshold=threshold)[0]
+@dataclass(eq=False)
+class Recommender(Bundle):
+    """A loaded bundle that reads patients and answers recommendations.
 
-
-def recommend_jsonl(
-    rec: Recommender,
-    src: Path,
-    out: Path,
-    top_k: int | None = None,
-    threshold: float | None = None,
-    force: bool = False,
-    chunk: int = 256,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[int, list[dict]]:
-    """One patient per line in ``src`` → one result per line in ``out``, in the same order.
-
-    A line that is not a valid patient becomes ``{"line": n, "error": "..."}`` in ``out`` and
-    the others are still scored: one bad record must not sink a batch of thousands. Blank lines
-    are skipped. ``out`` is written to a temporary file and renamed at the end, so it is either
-    complete or absent. Returns (lines scored, error records).
+    Every front door (the Python API, the CLI, the REST service) goes through the same three
+    steps: :meth:`read` a patient into a sample (JSON or FHIR, unknown codes as warnings),
+    :meth:`predict_proba` on a batch of samples, :meth:`outputs` from the probabilities.
     """
-    check_choice(top_k, threshold)
-    if not src.is_file():
-        raise LeaderError(f"{src}: file not found")
-    if out.exists() and not force:
-        raise LeaderError(f"{out}: already exists; use --force to replace it")
-    reader = reader_for(rec)
-    errors: list[dict] = []
-    n_ok = 0
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with src.open("rb") as lines, tmp.open("w") as sink:
-            pending: list[tuple[int, Any]] = []
-            for n, raw in enumerate(lines, start=1):
-                if raw.strip():
-                    pending.append((n, raw))
-                if len(pending) >= chunk:
-                    n_ok += _score_lines(rec, reader, pending, sink, errors, top_k, threshold)
-                    pending = []
-                if progress:
-                    progress(len(raw))
-            n_ok += _score_lines(rec, reader, pending, sink, errors, top_k, threshold)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return n_ok, errors
 
+    _readers: dict[Limits, PatientReader] = field(default_factory=dict, repr=False)
 
-def _score_lines(
-    rec: Recommender,
-    reader: PatientReader,
-    lines: list[tuple[int, bytes]],
-    sink: Any,
-    errors: list[dict],
-    top_k: int | None,
-    threshold: float | None,
-) -> int:
-    records: list[tuple[int, dict | None]] = []
-    parsed = []
-    for n, raw in lines:
+    @classmethod
+    def load(cls, directory: str | Path, verify: bool = True) -> Recommender:
+        """Load a MODEL_DIR; refuse one that is damaged or from an unreadable format."""
+        loaded = load_bundle(directory, verify)
+        return cls(loaded.directory, loaded.manifest, loaded.model)
+
+    def reader(self, limits: Limits = DEFAULT_LIMITS) -> PatientReader:
+        """The patient reader for these limits (built once per limits)."""
+        if limits not in self._readers:
+            self._readers[limits] = PatientReader(self.schema, limits)
+        return self._readers[limits]
+
+    @cached_property
+    def info(self) -> dict[str, str]:
+        """Which model answered: its name, a content id (hash of the bundle's file hashes) and
+        the leader version that built it, so a recommendation traces to the exact bundle."""
+        files = json.dumps(self.manifest.get("files", {}), sort_keys=True).encode()
+        return {
+            "name": self.name,
+            "id": f"{self.name}-{hashlib.sha256(files).hexdigest()[:12]}",
+            "version": str(self.manifest.get("versions", {}).get("leader", "")),
+            "created": str(self.manifest.get("created", "")),
+        }
+
+    # --- the three steps ---------------------------------------------------------------------
+
+    def read(self, obj: Any, patient_id: str = "patient", limits: Limits = DEFAULT_LIMITS
+             ) -> Parsed:
+        """A patient JSON or a FHIR Bundle (detected by ``resourceType``) → sample, warnings."""
+        reader = self.reader(limits)
+        extra: list[str] = []
+        if is_fhir(obj):
+            obj, extra = bundle_to_patient(obj, reader.limits)
+        sample, warnings = reader.to_sample(obj, patient_id)
+        return sample, extra + warnings
+
+    def read_many(self, patients: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> list[Parsed]:
+        """Read every patient; a bad one raises :class:`LeaderError` naming its index."""
+        parsed = []
+        for i, p in enumerate(patients):
+            try:
+                parsed.append(self.read(p, f"patient{i}", limits))
+            except LeaderError as e:
+                where = f"patients[{i}]: " if len(patients) > 1 else ""
+                raise LeaderError(f"{where}{e}") from None
+        return parsed
+
+    def outputs(
+        self,
+        parsed: Sequence[Parsed],
+        probs: np.ndarray,
+        top_k: int | None = None,
+        threshold: float | None = None,
+    ) -> list[dict]:
+        """The recommendation of each parsed patient from its row of ``probs``."""
+        check_choice(top_k, threshold)
+        cut = self.threshold if threshold is None else threshold
+        return [
+            {
+                "patient_id": sample.patient_id,
+                "model": self.info,
+                **ranked_output(probs[i], self.schema, cut, top_k),
+                "threshold": cut if top_k is None else None,
+                "top_k": top_k,
+                "warnings": warnings,
+            }
+            for i, (sample, warnings) in enumerate(parsed)
+        ]
+
+    # --- conveniences over the three steps ------------------------------------------------------
+
+    def recommend_samples(
+        self, parsed: Sequence[Parsed], top_k: int | None = None, threshold: float | None = None
+    ) -> list[dict]:
+        """Score already-read patients in one model call and build each output."""
+        check_choice(top_k, threshold)
+        probs = self.predict_proba([s for s, _ in parsed])
+        return self.outputs(parsed, probs, top_k, threshold)
+
+    def recommend(
+        self, patient: Any, top_k: int | None = None, threshold: float | None = None
+    ) -> dict:
+        """Recommend for one patient (a dict, a validated model, or a FHIR Bundle)."""
+        return self.recommend_many([patient], top_k, threshold)[0]
+
+    def recommend_many(
+        self,
+        patients: Sequence[Any],
+        top_k: int | None = None,
+        threshold: float | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> list[dict]:
+        """Recommend for several patients in one model call; a bad patient raises
+        :class:`LeaderError` naming its index, and nothing is scored then."""
+        check_choice(top_k, threshold)
+        return self.recommend_samples(self.read_many(patients, limits), top_k, threshold)
+
+    def recommend_file(
+        self, path: Path, top_k: int | None = None, threshold: float | None = None
+    ) -> dict:
+        """Recommend for the one patient in ``path`` (patient JSON or FHIR Bundle, detected)."""
+        check_choice(top_k, threshold)
+        obj = read_json_file(path)
         try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            records.append((n, {"line": n, "error": f"line {n}: not valid JSON ({e})"}))
-            continue
-        try:
-            parsed.append(read_patient(reader, obj, f"line{n}"))
-            records.append((n, None))
+            parsed = self.read(obj, path.stem)
         except LeaderError as e:
-            records.append((n, {"line": n, "error": f"line {n}: {e}"}))
-    results = iter(recommend_samples(rec, parsed, top_k=top_k, threshold=threshold))
-    for n, error in records:
-        if error is not None:
-            errors.append(error)
-        sink.write(json.dumps(error or {"line": n, **next(results)}) + "\n")
-    return len(parsed)
+            raise LeaderError(f"{path}: {e}") from None
+        return self.recommend_samples([parsed], top_k, threshold)[0]
+
+    def recommend_jsonl(
+        self,
+        src: Path,
+        out: Path,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        force: bool = False,
+        chunk: int = 256,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[int, list[dict]]:
+        """One patient per line in ``src`` → one result per line in ``out``, in the same order.
+
+        A line that is not a valid patient becomes ``{"line": n, "error": "..."}`` in ``out``
+        and the others are still scored: one bad record must not sink a batch of thousands.
+        Blank lines are skipped. ``out`` is written to a temporary file and renamed at the end,
+        so it is either complete or absent. Returns (lines scored, error records).
+        """
+        check_choice(top_k, threshold)
+        if not src.is_file():
+            raise LeaderError(f"{src}: file not found")
+        if out.exists() and not force:
+            raise LeaderError(f"{out}: already exists; use --force to replace it")
+        errors: list[dict] = []
+        n_ok = 0
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with src.open("rb") as lines, tmp.open("w") as sink:
+                pending: list[tuple[int, bytes]] = []
+                for n, raw in enumerate(lines, start=1):
+                    if raw.strip():
+                        pending.append((n, raw))
+                    if len(pending) >= chunk:
+                        n_ok += self._score_lines(pending, sink, errors, top_k, threshold)
+                        pending = []
+                    if progress:
+                        progress(len(raw))
+                n_ok += self._score_lines(pending, sink, errors, top_k, threshold)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return n_ok, errors
+
+    def _score_lines(
+        self,
+        lines: list[tuple[int, bytes]],
+        sink: Any,
+        errors: list[dict],
+        top_k: int | None,
+        threshold: float | None,
+    ) -> int:
+        records: list[tuple[int, dict | None]] = []
+        parsed = []
+        for n, raw in lines:
+            try:
+                obj = json.loads(raw)
+            except (ValueError, RecursionError) as e:
+                records.append((n, {"line": n, "error": f"line {n}: not valid JSON ({e})"}))
+                continue
+            try:
+                parsed.append(self.read(obj, f"line{n}"))
+                records.append((n, None))
+            except LeaderError as e:
+                records.append((n, {"line": n, "error": f"line {n}: {e}"}))
+        results = iter(self.recommend_samples(parsed, top_k, threshold))
+        for n, error in records:
+            if error is not None:
+                errors.append(error)
+            sink.write(json.dumps(error or {"line": n, **next(results)}) + "\n")
+        return len(parsed)

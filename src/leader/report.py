@@ -19,18 +19,11 @@ from leader.artifacts import atomic_dir, write_json, write_manifest
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
 from leader.evaluation import as_dataset, evaluate, protocol_line
+from leader.metrics import METRIC_LABELS as LABELS
 from leader.metrics import METRICS
 
 REPORT_KIND = "leader-report"
 REPORT_FORMAT_VERSION = 1
-LABELS = {
-    "jaccard": "Jaccard",
-    "prauc": "PRAUC",
-    "f1": "F1",
-    "ddi_rate": "DDI rate",
-    "avg_meds": "#MED",
-}
-ORDER = ("jaccard", "prauc", "f1", "ddi_rate", "avg_meds")
 
 
 def labels_for(model_dirs: Sequence[Path]) -> list[str]:
@@ -49,7 +42,7 @@ def table_rows(evals: dict[str, dict]) -> list[dict[str, Any]]:
         row = {
             "model": label,
             "name": ev["model"]["name"],
-            **{m: ev["metrics"][m] for m in ORDER},
+            **{m: ev["metrics"][m] for m in METRICS},
             "parameters": ev["model"]["parameters"],
             "inference_ms_per_visit": ev["model"]["inference_ms_per_visit"],
             "threshold": ev["protocol"]["threshold"],
@@ -67,7 +60,8 @@ def _pm(v: dict) -> str:
 
 
 def markdown(rows: list[dict], protocol: str) -> str:
-    head = ["model", *(LABELS[m] for m in ORDER), "params", "ms/visit", "Jaccard first / returning"]
+    head = ["model", *(LABELS[m] for m in METRICS), "params", "ms/visit",
+            "Jaccard first / returning"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         fv, rt = r["first_visit_jaccard"], r["returning_jaccard"]
@@ -75,7 +69,7 @@ def markdown(rows: list[dict], protocol: str) -> str:
         lines.append(
             "| "
             + " | ".join(
-                [r["model"], *(_pm(r[m]) for m in ORDER), f"{r['parameters']:,}",
+                [r["model"], *(_pm(r[m]) for m in METRICS), f"{r['parameters']:,}",
                  f"{r['inference_ms_per_visit']:.3f}", split]
             )
             + " |"
@@ -96,7 +90,7 @@ def _figures(rows: list[dict], evals: dict[str, dict], out: Path) -> list[Path]:
     paths = []
     names = [r["model"] for r in rows]
     width = max(4.0, 0.8 * len(rows) + 2)
-    for m in ORDER:
+    for m in METRICS:
         fig, ax = plt.subplots(figsize=(width, 3.2))
         ax.bar(names, [r[m]["mean"] for r in rows], yerr=[r[m]["std"] for r in rows],
                capsize=4, color="#4c78a8")
@@ -145,11 +139,11 @@ def _save(fig, path: Path) -> Path:
 
 
 def _html(rows: list[dict], protocol: str, data: dict, figures: list[Path]) -> str:
-    head = ["model", *(LABELS[m] for m in ORDER), "params", "ms/visit", "Jaccard first",
+    head = ["model", *(LABELS[m] for m in METRICS), "params", "ms/visit", "Jaccard first",
             "Jaccard returning"]
     body = []
     for r in rows:
-        cells = [r["model"], *(_pm(r[m]) for m in ORDER), f"{r['parameters']:,}",
+        cells = [r["model"], *(_pm(r[m]) for m in METRICS), f"{r['parameters']:,}",
                  f"{r['inference_ms_per_visit']:.3f}",
                  *("-" if r[f"{g}_jaccard"] is None else f"{r[f'{g}_jaccard']:.4f}"
                    for g in ("first_visit", "returning"))]

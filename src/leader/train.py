@@ -30,30 +30,45 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from leader.configs import Config, option
 from leader.data.samples import Sample
 from leader.errors import LeaderError
 from leader.metrics import average_precision
 
 CHECKPOINT = "checkpoint"
-RUN_IDENTITY = "run.json"
 BEST = "best.safetensors"
 LOG = "log.jsonl"
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 50
-    max_steps: int | None = None  # optimiser steps; stops earlier than ``epochs`` if reached
-    batch_size: int = 32  # per process
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    grad_accum: int = 1
-    eval_every: int | None = None  # optimiser steps; None = at the end of every epoch
-    patience: int = 10  # evaluations without a better validation PRAUC before stopping
-    seed: int = 42
-    max_grad_norm: float | None = 1.0
-    log_every: int = 10
+class TrainConfig(Config):
+    """Optimisation settings shared by every model that trains with :func:`train`."""
+
+    epochs: int = option(50, "Passes over the training split.", ge=1)
+    max_steps: int | None = option(None, "Stop after this many optimiser steps.", ge=1)
+    batch_size: int = option(32, "Samples per step and process.", ge=1)
+    lr: float = option(5e-4, "Learning rate (AdamW).", gt=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", ge=0)
+    grad_accum: int = option(1, "Batches per optimiser step.", ge=1)
+    eval_every: int | None = option(
+        None, "Validate every N optimiser steps (default: every epoch).", ge=1
+    )
+    patience: int = option(10, "Validations without a better PRAUC before stopping.", ge=1)
+    seed: int = option(42, "Seed of initialisation and data order.")
+    max_grad_norm: float | None = option(1.0, "Clip gradients to this norm.", gt=0, cli=False)
+    log_every: int = option(10, "Optimiser steps between log records.", ge=1, cli=False,
+                            identity=False)
+
+
+@dataclass
+class FitContext:
+    """How a fit runs, apart from what it learns: where checkpoints go, what is shown, and the
+    teacher features a distilled model reads. None of it is saved with the model."""
+
+    run_dir: Path | None = None
     progress: bool = True
+    on_step: Callable[[int], None] | None = None
+    teacher: Any = None  # leader.features.TeacherFeatures, for models that distill
 
 
 class Task(Protocol):
@@ -143,35 +158,6 @@ def validation_prauc(task: Task, samples: Sequence[Sample], batch_size: int, mod
     return float(np.nanmean(ap)) if not np.isnan(ap).all() else float("nan")
 
 
-# --- run directories ---------------------------------------------------------------------------
-
-
-def run_dir_for(out: Path) -> Path:
-    """Checkpoints live beside an artifact (``.<name>.run/``), which only appears when done."""
-    out = Path(out)
-    return out.parent / f".{out.name}.run"
-
-
-def prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
-    """Resume only a run started with the same options and data; ``force`` starts again.
-
-    ``identity`` is everything that changes the result (model config, options, input hashes).
-    """
-    wanted = json.loads(json.dumps(identity, default=str))
-    path = run_dir / RUN_IDENTITY
-    if run_dir.exists():
-        same = path.is_file() and json.loads(path.read_text()) == wanted
-        if not same:
-            if not force:
-                raise LeaderError(
-                    f"{run_dir}: holds an unfinished run with other options or data; rerun the "
-                    "same command to resume it, or add --force to start again"
-                )
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=2))
-
-
 # --- checkpoints -------------------------------------------------------------------------------
 
 
@@ -193,7 +179,9 @@ def _optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict, meta: dic
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def save_checkpoint(run_dir: Path, module, opt, loop: dict, rank: int, is_main: bool) -> None:
+def save_checkpoint(
+    run_dir: Path, module, opt, state: LoopState, rank: int, is_main: bool
+) -> None:
     """Write ``run_dir/checkpoint`` atomically (per-rank RNG files, shared state from rank 0)."""
     final = run_dir / CHECKPOINT
     tmp = run_dir / f"{CHECKPOINT}.tmp"
@@ -208,7 +196,8 @@ def save_checkpoint(run_dir: Path, module, opt, loop: dict, rank: int, is_main: 
     save_file({"torch": torch.get_rng_state()}, str(tmp / f"rng-{rank}.safetensors"))
     _barrier()
     if is_main:
-        (tmp / "state.json").write_text(json.dumps(loop))  # written last: marks it complete
+        # written last: marks the checkpoint complete
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
         old = run_dir / f"{CHECKPOINT}.old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -218,18 +207,18 @@ def save_checkpoint(run_dir: Path, module, opt, loop: dict, rank: int, is_main: 
     _barrier()
 
 
-def load_checkpoint(run_dir: Path, module, opt, rank: int) -> dict | None:
+def load_checkpoint(run_dir: Path, module, opt, rank: int) -> LoopState | None:
     ckpt = run_dir / CHECKPOINT
     if not (ckpt / "state.json").is_file():
         return None
-    loop = json.loads((ckpt / "state.json").read_text())
+    state = LoopState(**json.loads((ckpt / "state.json").read_text()))
     load_trainable_state(module, load_file(str(ckpt / "model.safetensors")))
     meta = json.loads((ckpt / "optimizer.json").read_text())
     _optimizer_from_tensors(opt, load_file(str(ckpt / "optimizer.safetensors")), meta)
     rng = ckpt / f"rng-{rank}.safetensors"
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["torch"])
-    return loop
+    return state
 
 
 def _barrier() -> None:
@@ -240,165 +229,178 @@ def _barrier() -> None:
 # --- the loop ----------------------------------------------------------------------------------
 
 
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint (``state.json``) and restored on resume."""
+
+    config: dict = field(default_factory=dict)  # the TrainConfig identity it was started with
+    epoch: int = 0
+    batch: int = 0  # batches of ``epoch`` already done
+    step: int = 0  # optimiser steps
+    best_score: float = -math.inf
+    best_step: int = 0
+    bad_evals: int = 0
+    last_eval_step: int = -1
+    done: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """One training run's bookkeeping: its loop state, the best weights so far, the log and the
+    checkpoints (when it has a run directory). The loop in :func:`train` drives it."""
+
+    task: Task
+    module: torch.nn.Module
+    opt: torch.optim.Optimizer
+    config: TrainConfig
+    val_samples: Sequence[Sample]
+    run_dir: Path | None
+    rank: int
+    is_main: bool
+    state: LoopState = field(default_factory=LoopState)
+    best: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir) if self.run_dir is not None else None
+        self.state = LoopState(config=self.config.identity())
+        self.best = trainable_state(self.module)
+
+    @property
+    def saving(self) -> bool:
+        return self.run_dir is not None and self.is_main
+
+    def resume(self) -> None:
+        """Continue from the run directory's checkpoint, if it has one of the same options."""
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = load_checkpoint(self.run_dir, self.module, self.opt, self.rank)
+        if resumed is not None:
+            if resumed.config != self.state.config:
+                raise LeaderError(
+                    f"{self.run_dir / CHECKPOINT}: checkpoint was made with other training "
+                    "options; use the same options to resume, or --force to start again"
+                )
+            self.state = resumed
+        if (self.run_dir / BEST).is_file():
+            self.best = load_file(str(self.run_dir / BEST))
+
+    def log(self, record: dict) -> None:
+        self.state.history.append(record)
+        if self.saving:
+            with open(self.run_dir / LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def checkpoint(self) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir, self.module, self.opt, self.state, self.rank,
+                            self.is_main)
+
+    def validate(self) -> bool:
+        """Score validation, keep the best weights, checkpoint; True when patience ran out."""
+        state, config = self.state, self.config
+        score = validation_prauc(self.task, self.val_samples, max(config.batch_size, 64),
+                                 self.module)
+        improved = not math.isnan(score) and score > state.best_score
+        if math.isnan(score) or improved:  # no validation set: the latest weights are the best
+            state.best_score = score if improved else state.best_score
+            state.best_step, state.bad_evals = state.step, 0
+            self.best = trainable_state(self.module)
+            if self.saving:
+                save_file(self.best, str(self.run_dir / BEST))
+        else:
+            state.bad_evals += 1
+        state.last_eval_step = state.step
+        self.log({"step": state.step, "epoch": state.epoch, "val_prauc": score})
+        self.checkpoint()
+        return state.bad_evals >= config.patience
+
+
 def train(
     task: Task,
     train_samples: Sequence[Sample],
     val_samples: Sequence[Sample],
     config: TrainConfig,
-    run_dir: Path | None = None,
-    on_step: Callable[[int], None] | None = None,
+    context: FitContext | None = None,
 ) -> TrainResult:
     """Train ``task.module`` in place; on return it holds the best validation weights."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator  # deferred on purpose: accelerate is slow to import
     from accelerate.utils import set_seed
 
+    context = context or FitContext()
     if not train_samples:
         raise LeaderError("training split is empty: nothing to train on")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    rank, world, is_main = (
-        accelerator.process_index,
-        accelerator.num_processes,
-        accelerator.is_main_process,
-    )
+    rank, world = accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
     set_seed(config.seed)
     module = task.module.to(accelerator.device)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     wrapped, opt = accelerator.prepare(module, opt)
 
-    loop = {
-        "config": asdict(config),
-        "epoch": 0,
-        "batch": 0,
-        "step": 0,
-        "best_score": -math.inf,
-        "best_step": 0,
-        "bad_evals": 0,
-        "last_eval_step": -1,
-        "history": [],
-        "done": False,
-    }
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = load_checkpoint(run_dir, module, opt, rank)
-        if resumed is not None:
-            if _comparable(resumed["config"]) != _comparable(loop["config"]):
-                raise LeaderError(
-                    f"{run_dir / CHECKPOINT}: checkpoint was made with other training options; "
-                    "use the same options to resume, or --force to start again"
-                )
-            loop = resumed
-    best_state = (
-        load_file(str(run_dir / BEST))
-        if run_dir and (run_dir / BEST).is_file()
-        else trainable_state(module)
-    )
+    # resume: the checkpoint's loop state, weights, optimiser and RNG
+    run = Run(task, module, opt, config, val_samples, context.run_dir, rank, is_main)
+    run.resume()
+    state = run.state
 
-    def log(record: dict) -> None:
-        loop["history"].append(record)
-        if run_dir is not None and is_main:
-            with open(run_dir / LOG, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def evaluate() -> bool:
-        """Validate, keep the best weights, checkpoint; True when patience has run out."""
-        nonlocal best_state
-        score = validation_prauc(task, val_samples, max(config.batch_size, 64), module)
-        improved = not math.isnan(score) and score > loop["best_score"]
-        if math.isnan(score) or improved:  # no validation set: the latest weights are the best
-            loop["best_score"] = score if improved else loop["best_score"]
-            loop["best_step"], loop["bad_evals"] = loop["step"], 0
-            best_state = trainable_state(module)
-            if run_dir is not None and is_main:
-                save_file(best_state, str(run_dir / BEST))
-        else:
-            loop["bad_evals"] += 1
-        loop["last_eval_step"] = loop["step"]
-        log({"step": loop["step"], "epoch": loop["epoch"], "val_prauc": score})
-        if run_dir is not None:
-            save_checkpoint(run_dir, module, opt, loop, rank, is_main)
-        return loop["bad_evals"] >= config.patience
-
-    per_epoch = math.ceil(
-        len(epoch_order(len(train_samples), 0, 0, rank, world)) / config.batch_size
-    )
-    total_steps = config.max_steps or math.ceil(per_epoch * config.epochs / config.grad_accum)
-    progress = _progress(config.progress and is_main, total_steps, loop["step"])
+    per_rank = len(epoch_order(len(train_samples), 0, 0, rank, world))
+    per_epoch = math.ceil(per_rank / config.batch_size)
+    total = config.max_steps or math.ceil(per_epoch * config.epochs / config.grad_accum)
+    progress = _progress(context.progress and is_main, total, state.step)
     module.train()
-    stop = loop["done"]
-    seen, t0, running = 0, time.perf_counter(), []
-    while not stop and loop["epoch"] < config.epochs:
-        order = epoch_order(len(train_samples), config.seed, loop["epoch"], rank, world)
-        batches = [
-            order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)
-        ]
-        for b in range(loop["batch"], len(batches)):
-            batch = to_device(
-                task.collate([train_samples[i] for i in batches[b]]), accelerator.device
-            )
-            loss, logs = task.loss(wrapped, batch)
+    stop = state.done
+    seen, t0, losses = 0, time.perf_counter(), []
+    while not stop and state.epoch < config.epochs:
+        order = epoch_order(len(train_samples), config.seed, state.epoch, rank, world)
+        size = config.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        for b in range(state.batch, len(batches)):
+            batch = task.collate([train_samples[i] for i in batches[b]])
+            loss, logs = task.loss(wrapped, to_device(batch, accelerator.device))
             accelerator.backward(loss / config.grad_accum)
-            running.append(float(loss.detach()))
+            losses.append(float(loss.detach()))
             seen += len(batches[b]) * world
-            loop["batch"] = b + 1
+            state.batch = b + 1
             if (b + 1) % config.grad_accum and b + 1 < len(batches):
-                continue
+                continue  # accumulate
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loop["step"] += 1
+            state.step += 1
             rate = seen / max(time.perf_counter() - t0, 1e-9)
-            progress.update(loop["step"], float(np.mean(running[-20:])), rate)
-            if loop["step"] % config.log_every == 0:
-                log(
-                    {
-                        "step": loop["step"],
-                        "epoch": loop["epoch"],
-                        "loss": float(np.mean(running)),
-                        "samples_per_s": rate,
-                        **logs,
-                    }
-                )
-                running = []
-            if on_step is not None:
-                on_step(loop["step"])
-            at_max = config.max_steps is not None and loop["step"] >= config.max_steps
-            if config.eval_every and loop["step"] % config.eval_every == 0 and not at_max:
-                if evaluate():
-                    stop = True
-                    break
-            if at_max:
+            progress.update(state.step, float(np.mean(losses[-20:])), rate)
+            if state.step % config.log_every == 0:
+                run.log({"step": state.step, "epoch": state.epoch,
+                         "loss": float(np.mean(losses)), "samples_per_s": rate, **logs})
+                losses = []
+            if context.on_step is not None:
+                context.on_step(state.step)
+            at_max = config.max_steps is not None and state.step >= config.max_steps
+            if config.eval_every and state.step % config.eval_every == 0 and not at_max:
+                stop = run.validate()
+            if stop or at_max:
                 stop = True
                 break
         if stop:
             break
-        loop["epoch"], loop["batch"] = loop["epoch"] + 1, 0
-        if config.eval_every is None and evaluate():
-            stop = True
-    stopped_early = loop["bad_evals"] >= config.patience
-    if not loop["done"]:
-        if loop["last_eval_step"] != loop["step"]:
-            evaluate()
-        loop["done"] = True
-        if run_dir is not None:
-            save_checkpoint(run_dir, module, opt, loop, rank, is_main)
+        state.epoch, state.batch = state.epoch + 1, 0
+        if config.eval_every is None:
+            stop = run.validate()
+
+    stopped_early = state.bad_evals >= config.patience
+    if not state.done:
+        if state.last_eval_step != state.step:
+            run.validate()
+        state.done = True
+        run.checkpoint()
     progress.close()
-    load_trainable_state(module, best_state)
+    load_trainable_state(module, run.best)
     module.eval()
-    return TrainResult(
-        best_score=float(loop["best_score"]),
-        best_step=int(loop["best_step"]),
-        steps=int(loop["step"]),
-        stopped_early=stopped_early,
-        history=loop["history"],
-    )
-
-
-def _comparable(config: dict) -> dict:
-    """Options that change the result; ``progress`` and ``log_every`` do not."""
-    return {k: v for k, v in config.items() if k not in ("progress", "log_every", "epochs")}
+    return TrainResult(state.best_score, state.best_step, state.step, stopped_early,
+                       state.history)
 
 
 class _progress:

@@ -10,7 +10,10 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from leader.artifacts import read_manifest
 from leader.cli import app
+from leader.data.cohort import PrepareConfig, prepare
+from leader.data.dataset import DATA_FORMAT_VERSION, DATA_KIND
 from leader.errors import LeaderError
 
 console = Console()
@@ -76,7 +79,6 @@ def prepare_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing DATA_DIR.")] = False,
 ) -> None:
     """Turn raw MIMIC-III / MIMIC-IV tables into a prepared cohort (DATA_DIR)."""
-    from leader.data.cohort import PrepareConfig, prepare
 
     overrides = {
         "top_drugs": top_drugs or None,
@@ -107,8 +109,6 @@ def prepare_cmd(
 @app.command("info")
 def info_cmd(data_dir: Annotated[Path, typer.Argument(help="A prepared DATA_DIR.")]) -> None:
     """Print the cohort statistics of a DATA_DIR."""
-    from leader.artifacts import read_manifest
-    from leader.data.dataset import DATA_FORMAT_VERSION, DATA_KIND
 
     manifest = read_manifest(data_dir, DATA_KIND, DATA_FORMAT_VERSION)
     print_summary(manifest, data_dir)

@@ -9,7 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from leader.artifacts import write_json
 from leader.cli import app
+from leader.commands.options import config_options, read_config_file
+from leader.commands.tables import fit_table, training_line
+from leader.configs import ConfigError
+from leader.evaluation import evaluate, protocol_line
+from leader.metrics import METRIC_LABELS, METRICS
+from leader.models.base import BASELINES, model_class
+from leader.pipelines import fit_model
+from leader.train import TrainConfig
 
 console = Console()
 
@@ -24,11 +33,10 @@ Tune = Annotated[bool, typer.Option(
 
 
 def _metric_table(result: dict) -> Table:
-    from leader.evaluation import protocol_line
 
     table = Table(title=f"{result['model']['name']}  ({result['model']['dir']})",
                   caption=protocol_line(result["protocol"]), title_justify="left")
-    for col in ("group", "visits", "Jaccard", "PRAUC", "F1", "DDI rate", "#MED"):
+    for col in ("group", "visits", *(METRIC_LABELS[m] for m in METRICS)):
         table.add_column(col, justify="left" if col == "group" else "right")
     blocks = [("all", result["data"]["n_visits"], result["metrics"])]
     for g in ("first_visit", "returning"):
@@ -38,7 +46,7 @@ def _metric_table(result: dict) -> Table:
     for name, n, m in blocks:
         cells = ["-"] * 5 if m is None else [
             f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}"
-            for k in ("jaccard", "prauc", "f1", "ddi_rate", "avg_meds")
+            for k in METRICS
         ]
         table.add_row(name, str(n), *cells)
     return table
@@ -58,8 +66,6 @@ def evaluate_cmd(
     tune_threshold: Tune = False,
 ) -> None:
     """Score one model on one split; every metric as mean ± std over seeded resamples."""
-    from leader.artifacts import write_json
-    from leader.evaluation import evaluate
 
     result = evaluate(model, data, split, rounds, frac, seed, threshold, tune_threshold)
     if out is not None:
@@ -73,42 +79,29 @@ def evaluate_cmd(
 
 
 @app.command("train-baseline")
+@config_options(TrainConfig, build=False, config_file=False)
 def train_baseline_cmd(
-    name: Annotated[str, typer.Argument(
-        help="popular, repeat-last, logreg, retain, gamenet, safedrug or oracle.")],
+    name: Annotated[str, typer.Argument(help=", ".join(BASELINES) + ".")],
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR.")],
     out: Annotated[Path, typer.Option(help="MODEL_DIR to write.")],
-    epochs: Annotated[int | None, typer.Option(help="Epochs (neural baselines).",
-                                               show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (neural baselines).",
-                                             show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (neural baselines).",
-                                                   show_default=False)] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimiser steps.",
-                                                  show_default=False)] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed (neural baselines) [default: 42].",
-                                             show_default=False)] = None,
+    config: dict,
+    model_config: Annotated[Path | None, typer.Option(
+        "--config", help="JSON settings of the model (its model.json `config`, or from "
+        "`leader tune`).", show_default=False)] = None,
     threshold: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")]
     = 0.5,
-    run_dir: Annotated[Path | None, typer.Option(
-        help="Keep resumable checkpoints here (neural baselines).", show_default=False)] = None,
-    force: Annotated[bool, typer.Option(help="Replace an existing MODEL_DIR.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Replace an existing MODEL_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
-    """Train a baseline and save it as a bundle (usable by evaluate, recommend and serve)."""
-    from leader.models.baselines.training import train_baseline
+    """Train a baseline and save it as a bundle (usable by evaluate, recommend and serve).
 
-    overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps,
-                 "seed": seed}
-    path, metrics = train_baseline(name, data, out, overrides, threshold, force, run_dir)
-    table = Table(title=f"{name} → {path}", title_justify="left",
-                  caption=f"point estimates on the whole split, threshold {threshold}")
-    for col in ("split", "visits", "Jaccard", "PRAUC", "F1", "DDI rate", "#MED"):
-        table.add_column(col, justify="left" if col == "split" else "right")
-    for split, m in metrics.items():
-        table.add_row(split, str(m["n_visits"]), *(f"{m[k]:.4f}" for k in
-                                                   ("jaccard", "prauc", "f1", "ddi_rate",
-                                                    "avg_meds")))
-    console.print(table)
+    Training options (--epochs, --lr, ...) apply to the neural baselines and default to each
+    model's own values.
+    """
+    result = fit_model(name, data, out, baseline_config(name, config, model_config),
+                       threshold=threshold, force=force)
+    console.print(training_line(result), highlight=False)
+    console.print(fit_table(result, threshold))
 
 
 @app.command("compare")
@@ -127,8 +120,8 @@ def compare_cmd(
     """Evaluate several models on the same resamples; write tables, figures and report.html."""
     from rich.progress import Progress
 
-    from leader.report import compare
-    from leader.report import markdown as md
+    from leader.report import compare  # deferred on purpose: matplotlib is slow to import
+    from leader.report import markdown as md  # deferred with compare
 
     with Progress(transient=True) as progress:
         task = progress.add_task("evaluating", total=len(models))
@@ -140,3 +133,17 @@ def compare_cmd(
                         force, on_model=lambda label: (step(label), progress.advance(task)))
     typer.echo(md(table["rows"], table["protocol_line"]))  # plain: Markdown must not wrap
     console.print(f"wrote {out}/report.html")
+
+
+def baseline_config(name: str, options: dict, path: Path | None) -> dict:
+    """The model's settings from ``--model-config``, with the training options given on the
+    command line over them (only those given: the rest keep the model's own defaults)."""
+    if name not in BASELINES:
+        raise ConfigError("name", f"expected one of {', '.join(BASELINES)}, got {name!r}")
+    raw = read_config_file(path)
+    given = options  # flat: the TrainConfig fields given on the command line
+    if given:
+        if "train" not in model_class(name).config_class.__dataclass_fields__:
+            raise ConfigError(sorted(given)[0], f"{name} takes no training options")
+        raw["train"] = {**raw.get("train", {}), **given}
+    return raw

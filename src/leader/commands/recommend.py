@@ -15,6 +15,7 @@ from rich.table import Table
 
 from leader.cli import app
 from leader.errors import LeaderError
+from leader.recommend import Recommender
 
 console = Console()
 MAX_DDI_SHOWN = 10
@@ -53,16 +54,14 @@ def recommend_command(
     In batch mode a line that is not a valid patient gets an error record
     {"line": n, "error": "..."} in OUT and the other lines are still scored.
     """
-    from leader.bundle import load
-    from leader.recommend import recommend_file, recommend_jsonl
 
     if (patient is None) == (patients is None):
         raise LeaderError("give exactly one of --patient FILE or --patients FILE.jsonl")
     if patients is not None and out is None:
         raise LeaderError("--patients needs --out OUT.jsonl")
-    rec = load(model)
+    rec = Recommender.load(model)
     if patient is not None:
-        result = recommend_file(rec, patient, top_k=top_k, threshold=threshold)
+        result = rec.recommend_file(patient, top_k=top_k, threshold=threshold)
         if as_json:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
         else:
@@ -79,8 +78,7 @@ def recommend_command(
         transient=True,
     ) as bar:
         task = bar.add_task("recommending", total=size)
-        n_ok, errors = recommend_jsonl(
-            rec,
+        n_ok, errors = rec.recommend_jsonl(
             patients,
             out,
             top_k=top_k,
@@ -155,11 +153,10 @@ def serve_command(
     """Serve the REST API and the web page for one model bundle."""
     import torch
 
-    from leader.bundle import load
+    from leader.serve.app import run  # deferred on purpose: FastAPI is slow to import
+    from leader.serve.schemas import ServeSettings  # deferred with the app
 
     torch.set_num_threads(threads)
-    from leader.serve.app import run
-    from leader.serve.schemas import ServeSettings
 
     token = read_token(token_file) if token_file is not None else None
     if token is None and not is_loopback(host):
@@ -167,7 +164,7 @@ def serve_command(
             f"[yellow]warning:[/] binding {host} without --token-file: anyone who can reach "
             "this port can query the model"
         )
-    rec = load(model)
+    rec = Recommender.load(model)
     settings = ServeSettings(host=host, port=port, token=token, max_body_bytes=max_body_bytes)
     console.print(f"serving {rec.name} on http://{host}:{port}/ (API docs at /docs)")
     run(rec, settings)

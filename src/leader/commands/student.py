@@ -7,18 +7,22 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from leader.cli import app
+from leader.commands.options import config_options
+from leader.commands.tables import fit_table, training_line
+from leader.models.student import StudentConfig
+from leader.pipelines import fit_model
 
 console = Console()
-SHOWN = ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds")
 
 
 @app.command("distill")
+@config_options(StudentConfig)
 def distill_cmd(
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR (the teacher's data).")],
     out: Annotated[Path, typer.Option(help="MODEL_DIR to write (the student bundle).")],
+    config: StudentConfig,
     teacher: Annotated[
         Path | None,
         typer.Option(
@@ -26,42 +30,6 @@ def distill_cmd(
             show_default=False,
         ),
     ] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option(
-            help="Weight of feature distillation (default: 0.4 MIMIC-III, 0.8 MIMIC-IV).",
-            show_default=False,
-        ),
-    ] = None,
-    beta: Annotated[
-        float | None,
-        typer.Option(
-            help="Weight of profile alignment (default: 0.005 MIMIC-III, 0.01 MIMIC-IV).",
-            show_default=False,
-        ),
-    ] = None,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature.")] = 0.1,
-    no_profile: Annotated[
-        bool,
-        typer.Option(
-            "--no-profile", help="First visits get a learned 'no record' vector, not the profile."
-        ),
-    ] = False,
-    online: Annotated[
-        bool,
-        typer.Option(
-            "--online", help="Run the teacher inside each step instead of exported features."
-        ),
-    ] = False,
-    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 50,
-    max_steps: Annotated[
-        int | None, typer.Option(help="Stop after this many optimiser steps.", show_default=False)
-    ] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Learning rate (Adam).")] = 5e-4,
-    patience: Annotated[int, typer.Option(help="Validations without a better PRAUC.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation and data order.")] = 42,
-    max_visits: Annotated[int, typer.Option(help="Last K visits the student reads.")] = 10,
     threshold: Annotated[float, typer.Option(help="Decision threshold of the bundle.")] = 0.5,
     force: Annotated[
         bool,
@@ -69,49 +37,8 @@ def distill_cmd(
     ] = False,
 ) -> None:
     """Distill the LEADER student; rerun the same command to resume after a kill."""
-    from leader.distill import DistillOptions, distill
-
-    options = DistillOptions(
-        alpha=alpha,
-        beta=beta,
-        temperature=temperature,
-        online=online,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience,
-        seed=seed,
-        threshold=threshold,
-    )
-    model_config = {"max_visits": max_visits, "use_profile": not no_profile}
-    result = distill(data, out, teacher, options, model_config, force=force)
-    console.print(
-        f"student in {result.out}: {result.parameters:,} parameters, α {result.options.alpha}, "
-        f"β {result.options.beta}, best validation PRAUC {result.train.best_score:.4f} at step "
-        f"{result.train.best_step} of {result.train.steps}",
-        highlight=False,
-    )
-    console.print(metrics_table(result.metrics, result.teacher_metrics, result.options.threshold))
-
-
-def metrics_table(student: dict, teacher: dict | None, threshold: float) -> Table:
-    """The student's validation and test metrics, the teacher's (as saved in its bundle) beside."""
-    table = Table(title=f"metrics at threshold {threshold}", title_justify="left")
-    table.add_column("metric", style="bold")
-    columns = [
-        ("student val", student.get("val") or {}),
-        ("student test", student.get("test") or {}),
-    ]
-    for split in ("val", "test"):
-        if (teacher or {}).get(split):
-            columns.append((f"teacher {split}", teacher[split]))
-    for name, _ in columns:
-        table.add_column(name, justify="right")
-    for metric in SHOWN:
-        cells = [
-            f"{values[metric]:.4f}" if isinstance(values.get(metric), float) else "-"
-            for _, values in columns
-        ]
-        table.add_row(metric, *cells)
-    return table
+    result = fit_model("student", data, out, config, teacher=teacher, threshold=threshold,
+                       force=force)
+    cfg = result.model.config
+    console.print(f"{training_line(result)}; α {cfg.alpha:g}, β {cfg.beta:g}", highlight=False)
+    console.print(fit_table(result, threshold))

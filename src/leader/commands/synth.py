@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leader.cli import app
+from leader.data.synth import synthesize
 
 
 @app.command("synth")
@@ -22,7 +23,6 @@ def synth(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RAW_DIR.")] = False,
 ) -> None:
     """Synthetic MIMIC-III / MIMIC-IV raw tables, with ground-truth drug probabilities."""
-    from leader.data.synth import synthesize
 
     console = Console(stderr=True)
     with Progress(

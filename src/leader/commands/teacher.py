@@ -8,9 +8,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from leader.cli import app
+from leader.commands.options import config_options
+from leader.commands.tables import fit_table, training_line
+from leader.models.teacher import TeacherConfig
+from leader.pipelines import export_features, fit_model
+from leader.prompts import render_prompt
 
 console = Console()
 
@@ -30,7 +34,6 @@ def prompt_cmd(
         help="Tokenizer for --max-length: smollm2, tiny or a model directory.")] = "smollm2",
 ) -> None:
     """Print the teacher's prompt for one visit."""
-    from leader.prompts import render_prompt
 
     sample, prompt = render_prompt(
         data_dir, patient, visit, history=history, profile=profile, max_length=max_length,
@@ -44,57 +47,22 @@ def prompt_cmd(
 
 
 @app.command("train-teacher")
+@config_options(TeacherConfig)
 def train_teacher_cmd(
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR.")],
     out: Annotated[Path, typer.Option(help="TEACHER_DIR to write (a model bundle).")],
-    llm: Annotated[str, typer.Option(
-        help="Backbone: smollm2, tiny, or a local Hugging Face causal-LM directory.")] = "smollm2",
-    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 3,
-    max_steps: Annotated[int | None, typer.Option(
-        help="Stop after this many optimiser steps.", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per step and process.")] = 8,
-    grad_accum: Annotated[int, typer.Option(help="Batches per optimiser step.")] = 1,
-    lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 2e-4,
-    max_length: Annotated[int, typer.Option(help="Token budget of a prompt.")] = 512,
-    history: Annotated[int, typer.Option(help="Earlier visits in the prompt (last K).")] = 3,
-    profile: Annotated[bool, typer.Option(help="Add the profile sentence to prompts.")] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank (0: train the drug layer only).")] = 8,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
-    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.1,
-    margin_weight: Annotated[float, typer.Option(
-        help="Weight of a multi-label margin loss added to BCE.")] = 0.0,
-    dtype: Annotated[str, typer.Option(help="Backbone precision: fp32 or bf16.")] = "fp32",
-    eval_every: Annotated[int | None, typer.Option(
-        help="Validate every N steps (default: every epoch).", show_default=False)] = None,
-    patience: Annotated[int, typer.Option(help="Validations without improvement.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of data order and initialisation.")] = 42,
+    config: TeacherConfig,
+    threshold: Annotated[float, typer.Option(help="Decision threshold of the bundle.")] = 0.5,
     force: Annotated[bool, typer.Option(
         help="Replace an existing TEACHER_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
     """Fine-tune the LEADER teacher (LoRA + drug layer); rerun the same command to resume."""
-    from leader.models.teacher import train_teacher
-
-    config = {
-        "llm": llm, "dtype": dtype, "lora_r": lora_r, "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout, "max_length": max_length, "history": history,
-        "profile": profile, "margin_weight": margin_weight,
-        "train": {
-            "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
-            "grad_accum": grad_accum, "lr": lr, "eval_every": eval_every, "patience": patience,
-            "seed": seed,
-        },
-    }
-    summary = train_teacher(data, out, config, force=force)
-    table = Table(title=f"teacher {out}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for key, value in summary["train"].items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    for split in ("val", "test"):
-        for key, value in summary.get(split, {}).items():
-            if key in ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds"):
-                table.add_row(f"{split} {key}", f"{value:.4f}")
-    console.print(table)
+    result = fit_model("teacher", data, out, config, threshold=threshold, force=force)
+    summary = result.training
+    console.print(training_line(result), highlight=False)
+    console.print(f"prompts built {summary['prompts_built']}, shortened to fit "
+                  f"{summary['prompts_shortened']}", highlight=False)
+    console.print(fit_table(result, threshold))
 
 
 @app.command("export-features")
@@ -104,8 +72,6 @@ def export_features_cmd(
     batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 16,
 ) -> None:
     """Write pooled hidden states and drug logits of every sample to TEACHER_DIR/features/."""
-    from leader.features import export_features
-
     with Progress(
         TextColumn("[bold]export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console,

@@ -18,7 +18,7 @@ different things in ICD-9 and ICD-10. Drugs are ATC level-3 codes (``N02B``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -26,70 +26,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from leader.artifacts import read_json, read_manifest, write_json, write_manifest
+from leader.artifacts import read_json, read_manifest, sha256_file, write_json, write_manifest
+from leader.data.samples import Sample, build_samples
+from leader.data.vocab import CODE_KINDS, UNKNOWN, Vocab, age_bucket, icd_key  # noqa: F401 (re-export)
 from leader.errors import LeaderError
 
 DATA_KIND = "leader-data"
 DATA_FORMAT_VERSION = 1
-CODE_KINDS = ("diagnoses", "procedures", "drugs")
 SPLITS = ("train", "val", "test")
-UNKNOWN = "unknown"
-
-
-def icd_key(code: str, version: int | str) -> str:
-    """The canonical key of an ICD code: ``icd9:4019``."""
-    return f"icd{int(version)}:{str(code).strip().replace('.', '').upper()}"
-
-
-def age_bucket(age: Any) -> str:
-    """Age as a profile category: decades, 90 and over pooled (MIMIC shifts ages above 89)."""
-    if age is None:
-        return UNKNOWN
-    try:
-        a = int(age)
-    except (TypeError, ValueError):
-        return UNKNOWN
-    if a < 0:
-        return UNKNOWN
-    if a >= 90:
-        return "90+"
-    lo = a // 10 * 10
-    return f"{lo}-{lo + 9}"
-
-
-@dataclass
-class Vocab:
-    """An ordered code vocabulary with titles; index i is the i-th code."""
-
-    codes: list[str]
-    titles: list[str]
-    counts: list[int] = field(default_factory=list)
-
-    @cached_property
-    def index(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.codes)}
-
-    def __len__(self) -> int:
-        return len(self.codes)
-
-    def title(self, code: str) -> str:
-        i = self.index.get(code)
-        return self.titles[i] if i is not None else code
-
-    def to_json(self) -> list[dict]:
-        counts = self.counts or [0] * len(self.codes)
-        return [
-            {"code": c, "title": t, "count": int(n)}
-            for c, t, n in zip(self.codes, self.titles, counts, strict=True)
-        ]
-
-    @classmethod
-    def from_json(cls, items: list[dict]) -> Vocab:
-        return cls(
-            codes=[d["code"] for d in items],
-            titles=[d.get("title") or d["code"] for d in items],
-            counts=[int(d.get("count", 0)) for d in items],
-        )
 
 
 @dataclass
@@ -126,9 +70,7 @@ class Dataset:
         """Identifies this cohort: the hash of its visits file as written."""
         return self.manifest.get("outputs", {}).get("visits.parquet", "")
 
-    def samples(self, split: str | None = None, mode: str = "all") -> list:
-        from leader.data.samples import build_samples
-
+    def samples(self, split: str | None = None, mode: str = "all") -> list[Sample]:
         frame = self.visits if split is None else self.visits.filter(pl.col("split") == split)
         return build_samples(frame, self.profile_fields, mode=mode)
 
@@ -176,7 +118,7 @@ def write_dataset(
     **manifest_fields: Any,
 ) -> dict:
     """Write the DATA_DIR files into ``out`` (a directory from ``atomic_dir``)."""
-    from leader.artifacts import sha256_file
+
 
     visits.write_parquet(out / "visits.parquet")
     Schema(vocab, profile_vocab, ddi_pairs, ddi_source).save(out)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from leader.data.dataset import Vocab
 from leader.data.dataset import ddi_matrix as _ddi_matrix
+from leader.data.vocab import Vocab
 from leader.errors import LeaderError
 
 DEFAULT_DDI = Path(__file__).parent / "resources" / "drugs" / "atc3_interactions.csv"

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from leader.data.dataset import UNKNOWN, Vocab, age_bucket
+from leader.data.vocab import UNKNOWN, Vocab, age_bucket
 
 
 @dataclass(frozen=True)

@@ -21,33 +21,89 @@ teacher's hidden state (see :mod:`leader.distill`).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from leader.data.dataset import Dataset, Schema
+from leader.configs import Config, ConfigError, option
+from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
+from leader.data.vocab import CODE_KINDS
+from leader.distill import bce_loss, feature_loss, info_nce
+from leader.errors import LeaderError
 from leader.models.base import MedModel, register
+from leader.train import FitContext, TrainConfig
 
-TRAIN_LOG = "train_log.jsonl"
 BUCKET = 128  # sets per transformer call in large batches (sorted by size: less padding)
-DEFAULTS: dict[str, Any] = {
-    "dim": 64,  # code / visit embedding size d
-    "hidden": 128,  # the MLP's hidden layer: the feature distillation aligns
-    "set_layers": 1,
-    "visit_layers": 1,
-    "heads": 4,
-    "ff": 128,  # transformer feed-forward width
-    "dropout": 0.1,
-    "max_visits": 10,  # K: the last K visits, always including the current one
-    "max_codes": 64,  # per set
-    "use_profile": True,  # False: first visits get a learned "no record" vector
-}
+# LEADER's reference weights per data source: (alpha distillation, beta alignment); others
+# take MIMIC-III's
+REFERENCE_WEIGHTS = {"mimic3": (0.4, 0.005), "mimic4": (0.8, 0.01)}
+FALLBACK_SOURCE = "mimic3"
+
+
+@dataclass
+class StudentConfig(Config):
+    """LEADER(S): its architecture, the distillation weights and its training settings."""
+
+    dim: int = option(64, "Code and visit embedding size d.", ge=1)
+    hidden: int = option(128, "The MLP's hidden layer: the feature distillation aligns.", ge=1)
+    set_layers: int = option(1, "Transformer layers of each per-visit set encoder.", ge=1)
+    visit_layers: int = option(1, "Transformer layers of each visit-level encoder.", ge=1)
+    heads: int = option(4, "Attention heads (must divide dim).", ge=1)
+    ff: int = option(128, "Transformer feed-forward width.", ge=1)
+    dropout: float = option(0.1, "Dropout.", ge=0, le=1)
+    max_visits: int = option(10, "Last K visits the student reads.", ge=1)
+    max_codes: int = option(64, "Codes kept per visit and kind.", ge=1)
+    use_profile: bool = option(
+        True, "The profile stands in for a first visit's drug record (off: a learned vector).",
+        flag="profile",
+    )
+    alpha: float | None = option(
+        None, "Weight of feature distillation (default: 0.4 MIMIC-III, 0.8 MIMIC-IV).", ge=0
+    )
+    beta: float | None = option(
+        None, "Weight of profile alignment (default: 0.005 MIMIC-III, 0.01 MIMIC-IV).", ge=0
+    )
+    temperature: float = option(0.1, "InfoNCE temperature.", gt=0)
+    online: bool = option(
+        False, "Run the teacher inside each step instead of reading exported features."
+    )
+    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=50, lr=5e-4))
+
+    def validate(self) -> None:
+        if self.dim % self.heads:
+            raise ConfigError("heads", f"must divide dim {self.dim}, got {self.heads}")
+        if self.beta and not self.use_profile:
+            raise ConfigError("beta", "profile alignment needs the profile; use 0 without it")
+
+    def resolved(self, source: str) -> StudentConfig:
+        """α and β filled in from the data source's reference values (stated in the bundle)."""
+        alpha, beta = REFERENCE_WEIGHTS.get(source, REFERENCE_WEIGHTS[FALLBACK_SOURCE])
+        return self.replace(
+            alpha=alpha if self.alpha is None else self.alpha,
+            beta=(beta if self.beta is None else self.beta) if self.use_profile else 0.0,
+        )
+
+    @classmethod
+    def upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """Bundles of leader 0.1 kept the distillation and training options under
+        ``training`` (with the threshold, which now lives in the bundle manifest)."""
+        old = raw.pop("training", None)
+        if isinstance(old, dict):
+            for key in ("alpha", "beta", "temperature", "online"):
+                if key in old:
+                    raw.setdefault(key, old[key])
+            train = {k: v for k, v in old.items() if k in TrainConfig.__dataclass_fields__}
+            raw.setdefault("train", train)
+        return raw
+
+# the config fields that shape StudentModule
+ARCHITECTURE = ("dim", "hidden", "set_layers", "visit_layers", "heads", "ff", "dropout",
+                "max_visits", "use_profile")
 
 
 def _encoder(d: int, heads: int, ff: int, layers: int, dropout: float) -> nn.TransformerEncoder:
@@ -134,7 +190,7 @@ class StudentModule(nn.Module):
         self.sets = nn.ModuleDict(
             {
                 kind: SetEncoder(sizes[kind], dim, heads, ff, set_layers, dropout)
-                for kind in ("diagnoses", "procedures", "drugs")
+                for kind in CODE_KINDS
             }
         )
         self.use_profile = bool(use_profile) and len(profile_sizes) > 0
@@ -145,7 +201,7 @@ class StudentModule(nn.Module):
         self.visits = nn.ModuleDict(
             {
                 kind: VisitEncoder(max_visits, dim, heads, ff, visit_layers, dropout)
-                for kind in ("diagnoses", "procedures", "drugs")
+                for kind in CODE_KINDS
             }
         )
         self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Dropout(dropout))
@@ -193,52 +249,153 @@ class StudentModule(nn.Module):
         return self.head(feature), feature, profile
 
 
+# --- distillation: the training task ------------------------------------------------------------
+
+
+@dataclass
+class DistillBatch:
+    code: CodeBatch
+    teacher: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> DistillBatch:
+        teacher = self.teacher.to(device) if self.teacher is not None else None
+        return DistillBatch(self.code.to(device), teacher)
+
+    def __len__(self) -> int:
+        return len(self.code)
+
+
+class DistillModule(nn.Module):
+    """The student plus the training-only projector; one forward for the whole loss (DDP).
+
+    The projector (linear hidden → H) only exists during training; the bundle holds the student
+    alone.
+    """
+
+    def __init__(self, student: StudentModule, teacher_size: int | None, align: bool):
+        super().__init__()
+        self.student = student
+        self.align = align
+        hidden = student.head.in_features
+        self.projector = nn.Linear(hidden, teacher_size) if teacher_size else None
+
+    def forward(self, code: CodeBatch) -> dict[str, torch.Tensor]:
+        logits, feature, profile = self.student(code)
+        out = {"logits": logits, "feature": feature, "profile": profile}
+        if self.projector is not None:
+            out["projected"] = self.projector(feature)
+        if self.align:
+            out["target_set"] = self.student.encode_drug_set(code.target)
+        return out
+
+
+class DistillTask:
+    """BCE + α · feature MSE + β · profile InfoNCE, as a :class:`leader.train.Task`.
+
+    ``teacher`` gives the teacher's hidden states of training samples
+    (:class:`leader.features.TeacherFeatures`); validation batches need none.
+    """
+
+    def __init__(self, student: Student, teacher: Any = None):
+        cfg = student.config
+        self.alpha, self.beta = float(cfg.alpha or 0.0), float(cfg.beta or 0.0)
+        if self.alpha > 0 and teacher is None:
+            raise ConfigError("alpha", "feature distillation needs the teacher's features")
+        if student.module is None:
+            student.build()
+        self.temperature = cfg.temperature
+        self.student = student
+        self.teacher = teacher
+        size = teacher.size if teacher is not None else None
+        self.module = DistillModule(student.module, size, align=self.beta > 0)
+
+    def collate(self, samples: Sequence[Sample]) -> DistillBatch:
+        code = self.student.encoder.collate(samples)
+        teacher = None
+        if self.teacher is not None and self.alpha > 0 and self.teacher.covers(samples):
+            teacher = self.teacher(samples)  # validation and test batches need none
+        return DistillBatch(code, teacher)
+
+    def loss(self, module: nn.Module, batch: DistillBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        out = module(batch.code)
+        target = batch.code.target
+        bce = bce_loss(out["logits"], target)
+        total, logs = bce, {"bce": float(bce.detach())}
+        if "projected" in out and self.alpha > 0:
+            if batch.teacher is None:
+                raise LeaderError("a training batch has no teacher features")
+            mse = feature_loss(out["projected"], batch.teacher)
+            total = total + self.alpha * mse
+            logs["mse"] = float(mse.detach())
+        if "target_set" in out:
+            valid = target.sum(-1) > 0
+            align = info_nce(out["profile"], out["target_set"], self.temperature, valid=valid)
+            total = total + self.beta * align
+            logs["align"] = float(align.detach())
+        return total, logs
+
+    def predict(self, module: nn.Module, batch: DistillBatch) -> torch.Tensor:
+        inner = module.module if hasattr(module, "module") else module  # DDP wrapper
+        return torch.sigmoid(inner.student(batch.code)[0])
+
+    def targets(self, batch: DistillBatch) -> torch.Tensor:
+        return batch.code.target
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
 @register
 class Student(MedModel):
-    """LEADER(S) behind the common model interface; trained by :func:`leader.distill.fit`."""
+    """LEADER(S) behind the common model interface.
+
+    ``fit`` distills when ``alpha > 0``: the teacher's hidden states of the training samples come
+    in the :class:`~leader.train.FitContext` (``context.teacher``). With ``alpha = 0`` it trains
+    on the labels (and profile alignment) alone and needs no teacher.
+    """
 
     name = "student"
+    config_class = StudentConfig
+    config: StudentConfig
+    uses_teacher = True
 
-    def __init__(self, schema: Schema, config: dict[str, Any] | None = None):
-        super().__init__(schema, {**DEFAULTS, **(config or {})})
+    def __init__(self, schema, config: StudentConfig | dict[str, Any] | None = None):
+        super().__init__(schema, config)
         self.module: StudentModule | None = None
-        self.train_log: Path | None = None  # copied into the bundle by ``save`` when set
+        self._encoder: CodeEncoder | None = None
 
     @property
     def encoder(self) -> CodeEncoder:
-        if getattr(self, "_encoder", None) is None:
+        if self._encoder is None:
             self._encoder = CodeEncoder(
                 self.schema.vocab,
                 self.schema.profile_vocab,
-                max_visits=int(self.config["max_visits"]),
-                max_codes=int(self.config["max_codes"]),
+                max_visits=self.config.max_visits,
+                max_codes=self.config.max_codes,
             )
         return self._encoder
 
     def build(self) -> None:
         enc = self.encoder
-        self.module = StudentModule(
-            enc.sizes(), enc.profile_sizes(), len(self.schema.drugs), **self.config
-        )
+        arch = {k: v for k, v in self.config.to_dict().items() if k in ARCHITECTURE}
+        self.module = StudentModule(enc.sizes(), enc.profile_sizes(), len(self.schema.drugs),
+                                    **arch)
         self.module.eval()
 
-    def fit(
-        self,
-        data: Dataset,
-        run_dir: Path | None = None,
-        teacher: Path | None = None,
-        **options: Any,
-    ) -> Student:
-        """Train on ``data`` (distilling from ``teacher`` when alpha > 0); see leader.distill."""
-        from leader.distill import DistillOptions, fit
-
-        fit(self, data, DistillOptions(**options), teacher=teacher, run_dir=run_dir)
+    def fit(self, data: Dataset, context: FitContext | None = None) -> Student:
+        """Train on ``data``; the weights end at the best validation PRAUC."""
+        context = context or FitContext()
+        self.config = self.config.resolved(str(data.manifest.get("source", "")))
+        if self.config.alpha and context.teacher is None:
+            raise ConfigError(
+                "alpha", f"feature distillation (alpha {self.config.alpha:g}) needs the "
+                "teacher's features; give a teacher, or set alpha to 0 to train without one"
+            )
+        torch.manual_seed(self.config.train.seed)  # the initial weights are part of the run
+        self.build()
+        self.run_loop(DistillTask(self, context.teacher), data, context)
+        self.module.eval()
         return self
-
-    def save(self, directory: Path) -> None:
-        super().save(directory)
-        if self.train_log is not None and self.train_log.is_file():
-            shutil.copyfile(self.train_log, directory / TRAIN_LOG)
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample], batch_size: int = 512) -> np.ndarray:
@@ -253,3 +410,4 @@ class Student(MedModel):
         if not out:
             return np.zeros((0, len(self.schema.drugs)), dtype=np.float32)
         return torch.cat(out).numpy()
+

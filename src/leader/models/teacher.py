@@ -2,7 +2,7 @@
 
 Read top to bottom: pooling of the last real token -> the module (backbone + drug layer) ->
 the training task handed to :func:`leader.train.train` -> the :class:`Teacher` model (build,
-fit, predict, encode, save/load) -> :func:`train_teacher`, what ``leader train-teacher`` calls.
+fit, predict, encode, save/load). ``leader train-teacher`` runs it through :mod:`leader.pipelines`.
 
 The drug layer scores every drug of the vocabulary from one hidden state, so the teacher can
 never name a drug outside the vocabulary (the "out-of-corpus" problem of generating text). Its
@@ -12,11 +12,9 @@ bias starts at the training log-odds of each drug, so a short run starts from `p
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,48 +22,45 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from leader.artifacts import check_can_write
+from leader.configs import Config, ConfigError, option
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.errors import LeaderError
+from leader.llm import normalize_spec, resolve_llm
 from leader.models.base import MedModel, register, start_from_frequencies
 from leader.prompts import DEFAULT_HISTORY, PromptBuilder
 from leader.train import (
+    FitContext,
     TrainConfig,
     load_trainable_state,
-    prepare_run_dir,
-    run_dir_for,
-    train,
+    predict_in_batches,
     trainable_state,
 )
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-TRAIN_LOG = "log.jsonl"
 
-DEFAULTS: dict[str, Any] = {
-    "llm": "smollm2",
-    "dtype": "fp32",
-    "lora_r": 8,  # 0 = no adapter: only the drug layer trains
-    "lora_alpha": 32,
-    "lora_dropout": 0.1,
-    "lora_targets": list(LORA_TARGETS),
-    "max_length": 512,
-    "history": DEFAULT_HISTORY,
-    "profile": False,
-    "margin_weight": 0.0,  # weight of the multi-label margin term added to BCE
-    "predict_batch_size": 16,
-    "train": {
-        "epochs": 3,
-        "max_steps": None,
-        "batch_size": 8,
-        "lr": 2e-4,
-        "weight_decay": 0.0,
-        "grad_accum": 1,
-        "eval_every": None,
-        "patience": 10,
-        "seed": 42,
-    },
-}
+
+@dataclass
+class TeacherConfig(Config):
+    """LEADER(T): the backbone, its LoRA adapter, the prompts and the training settings."""
+
+    llm: str = option("smollm2", "Backbone: smollm2, tiny, or a local Hugging Face causal-LM "
+                      "directory.")
+    dtype: str = option("fp32", "Backbone precision.", choices=("fp32", "bf16"))
+    lora_r: int = option(8, "LoRA rank (0: train the drug layer only).", ge=0)
+    lora_alpha: int = option(32, "LoRA alpha.", ge=1)
+    lora_dropout: float = option(0.1, "LoRA dropout.", ge=0, le=1)
+    lora_targets: list[str] = option(factory=lambda: list(LORA_TARGETS), cli=False,
+                                     help="Projections that get LoRA adapters.")
+    max_length: int = option(512, "Token budget of a prompt.", ge=16)
+    history: int = option(DEFAULT_HISTORY, "Earlier visits in the prompt (the last K).", ge=0)
+    profile: bool = option(False, "Add the profile sentence to prompts.")
+    margin_weight: float = option(0.0, "Weight of a multi-label margin loss added to BCE.", ge=0)
+    predict_batch_size: int = option(16, "Prompts per forward pass when scoring.", ge=1,
+                                     identity=False)
+    hidden_size: int | None = option(None, "The backbone's hidden size (set when built).",
+                                     cli=False)
+    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=3, batch_size=8, lr=2e-4))
 
 
 # --- pooling -----------------------------------------------------------------------------------
@@ -109,19 +104,19 @@ class TeacherModule(nn.Module):
         return self.drug_layer(pooled), pooled
 
 
-def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModule:
+def build_module(llm: Any, n_drugs: int, config: TeacherConfig) -> TeacherModule:
     """Strip the LM head, add LoRA adapters, add the drug layer."""
     backbone = llm.model.base_model  # e.g. LlamaModel: embeddings, layers, final norm
     for p in backbone.parameters():
         p.requires_grad_(False)
-    if config["lora_r"] > 0:
+    if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
-            r=int(config["lora_r"]),
-            lora_alpha=int(config["lora_alpha"]),
-            lora_dropout=float(config["lora_dropout"]),
-            target_modules=list(config["lora_targets"]),
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_targets),
             bias="none",
         )
         try:
@@ -129,9 +124,9 @@ def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModul
                 warnings.simplefilter("ignore", FutureWarning)
                 backbone = get_peft_model(backbone, lora)
         except ValueError as e:
-            raise LeaderError(
-                f"--llm {config['llm']}: LoRA targets {config['lora_targets']} not found in the "
-                f"model ({str(e).splitlines()[0]})"
+            raise ConfigError(
+                "lora_targets", f"{list(config.lora_targets)} not found in the model "
+                f"{config.llm} ({str(e).splitlines()[0]})"
             ) from None
     return TeacherModule(backbone, llm.hidden_size, n_drugs)
 
@@ -203,38 +198,31 @@ def margin_targets(multi_hot_target: torch.Tensor) -> torch.Tensor:
 # --- the model ---------------------------------------------------------------------------------
 
 
-def merge_config(config: dict[str, Any] | None) -> dict[str, Any]:
-    merged = {**DEFAULTS, **(config or {})}
-    merged["train"] = {**DEFAULTS["train"], **(config or {}).get("train", {})}
-    return merged
-
-
 @register
 class Teacher(MedModel):
     """The LEADER teacher behind the common model interface (``leader.bundle`` loads it)."""
 
     name = "teacher"
+    config_class = TeacherConfig
+    config: TeacherConfig
 
-    def __init__(self, schema, config: dict[str, Any] | None = None):
-        super().__init__(schema, merge_config(config))
+    def __init__(self, schema, config: TeacherConfig | dict[str, Any] | None = None):
+        super().__init__(schema, config)
         self.module: TeacherModule | None = None
-        self.run_dir: Path | None = None
 
     def build(self) -> None:
-        from leader.llm import normalize_spec, resolve_llm
-
-        self.config["llm"] = normalize_spec(self.config["llm"])
-        llm = resolve_llm(self.config["llm"], self.config["dtype"])
-        max_length = int(self.config["max_length"])
-        if not 16 <= max_length <= llm.max_positions:
-            raise LeaderError(
-                f"--max-length {max_length}: the model {self.config['llm']} takes 16 to "
-                f"{llm.max_positions} tokens"
+        """Load the backbone and add the adapter and drug layer (refuses a bad llm or length)."""
+        llm = resolve_llm(self.config.llm, self.config.dtype)
+        self.config.llm = normalize_spec(self.config.llm)
+        if not 16 <= self.config.max_length <= llm.max_positions:
+            raise ConfigError(
+                "max_length", f"the model {self.config.llm} takes 16 to {llm.max_positions} "
+                f"tokens, got {self.config.max_length}"
             )
         self.tokenizer = llm.tokenizer
-        self.config["hidden_size"] = llm.hidden_size
+        self.config.hidden_size = llm.hidden_size
         with torch.random.fork_rng(devices=[]):  # the same start for every run and replica
-            torch.manual_seed(int(self.config["train"]["seed"]))
+            torch.manual_seed(self.config.train.seed)
             self.module = build_module(llm, len(self.schema.drugs), self.config)
         self.module.drug_layer.to(torch.float32)
         self.module.to(_device())
@@ -242,9 +230,9 @@ class Teacher(MedModel):
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(
             self.schema,
-            history=int(self.config["history"]),
-            profile=bool(self.config["profile"]),
-            max_length=int(self.config["max_length"]),
+            history=self.config.history,
+            profile=self.config.profile,
+            max_length=self.config.max_length,
             tokenizer=self.tokenizer,
         )
 
@@ -252,37 +240,22 @@ class Teacher(MedModel):
         if self.module is None:
             self.build()
         return TeacherTask(
-            self.module,
-            self.prompt_builder(),
-            self.tokenizer,
-            self.schema.drugs,
-            self.config["margin_weight"],
+            self.module, self.prompt_builder(), self.tokenizer, self.schema.drugs,
+            self.config.margin_weight,
         )
 
-    def fit(
-        self,
-        data: Dataset,
-        run_dir: Path | None = None,
-        on_step: Callable[[int], None] | None = None,
-        progress: bool = True,
-    ) -> Teacher:
-
+    def fit(self, data: Dataset, context: FitContext | None = None) -> Teacher:
         task = self.task()
         start_from_frequencies(self.module.drug_layer.bias, data)  # a resumed run overwrites it
-        cfg = TrainConfig(**self.config["train"], progress=progress)
-        result = train(task, data.samples("train"), data.samples("val"), cfg, run_dir, on_step)
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.result = {k: v for k, v in asdict(result).items() if k != "history"}
-        self.result["prompts_shortened"] = len(task.shortened)
-        self.result["prompts_built"] = len(task.prompts)
+        self.run_loop(task, data, context)
+        self.fit_summary["prompts_shortened"] = len(task.shortened)
+        self.fit_summary["prompts_built"] = len(task.prompts)
         return self
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
-        from leader.train import predict_in_batches
-
         if not samples:
             return np.zeros((0, len(self.schema.drugs)), dtype=np.float32)
-        return predict_in_batches(self.task(), samples, int(self.config["predict_batch_size"]))
+        return predict_in_batches(self.task(), samples, self.config.predict_batch_size)
 
     @torch.no_grad()
     def encode(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,25 +269,18 @@ class Teacher(MedModel):
 
     # state: only what training changed (LoRA adapter + drug layer); the backbone is rebuilt
     def state_dict(self) -> dict[str, torch.Tensor]:
-
         return trainable_state(self.module) if self.module is not None else {}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-
         expected = set(self.state_dict())
         if set(tensors) != expected:
             missing = sorted(expected - set(tensors))[:3]
             raise LeaderError(
-                f"teacher weights do not fit the backbone {self.config['llm']} with this LoRA "
+                f"teacher weights do not fit the backbone {self.config.llm} with this LoRA "
                 f"config (e.g. missing {missing})"
             )
         load_trainable_state(self.module, tensors)
         self.module.eval()
-
-    def save(self, directory: Path) -> None:
-        super().save(directory)  # model.json (config incl. the llm spec) + weights.safetensors
-        if self.run_dir is not None and (self.run_dir / TRAIN_LOG).is_file():
-            shutil.copy(self.run_dir / TRAIN_LOG, directory / TRAIN_LOG)
 
 
 def _device() -> torch.device:
@@ -322,49 +288,3 @@ def _device() -> torch.device:
         local = int(os.environ.get("LOCAL_RANK", 0))
         return torch.device("cuda", local)
     return torch.device("cpu")
-
-
-# --- `leader train-teacher` --------------------------------------------------------------------
-
-
-def train_teacher(
-    data_dir: str | Path,
-    out: str | Path,
-    config: dict[str, Any] | None = None,
-    *,
-    force: bool = False,
-    progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Train a teacher on DATA_DIR and write TEACHER_DIR (a model bundle); resume if killed.
-
-    Rerunning the same command after a kill continues from the last checkpoint; a leftover
-    checkpoint from other options is refused unless ``force`` (which starts again).
-    """
-    from leader.bundle import save_bundle
-    from leader.evaluation import split_metrics
-
-    out = Path(out)
-    check_can_write(out, force)
-    data = Dataset.load(data_dir)
-    model = Teacher(data.schema, config)
-    model.build()  # a bad --llm or --max-length fails here, before anything is written
-    run_dir = run_dir_for(out)
-    is_main = int(os.environ.get("RANK", 0)) == 0
-    identity = {"config": model.config, "data_hash": data.data_hash}
-    if is_main:
-        prepare_run_dir(run_dir, identity, force)
-    model.fit(data, run_dir, on_step=on_step, progress=progress)
-    metrics = split_metrics(model, data)
-    summary: dict[str, Any] = {"out": str(out), "train": model.result, **metrics}
-    if not is_main:
-        return summary
-    save_bundle(
-        model,
-        out,
-        metrics=metrics,
-        force=force,
-        extra={"llm": model.config["llm"], "training": model.result},
-    )
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return summary

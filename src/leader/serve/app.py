@@ -16,23 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leader import __version__
+from leader.data.vocab import CODE_KINDS
 from leader.errors import LeaderError
-from leader.patient import CODE_KINDS, patient_json_schema
-from leader.recommend import (
-    check_choice,
-    model_info,
-    outputs,
-    read_patient,
-    reader_for,
-    recommend_samples,
-)
+from leader.patient import patient_json_schema
+from leader.recommend import Recommender, check_choice
 from leader.serve.batching import MicroBatcher
 from leader.serve.schemas import (
     BatchResponse,
@@ -126,10 +119,10 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise ApiError(400, f"body: invalid JSON ({str(e)[:200]})") from None
 
 
-def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastAPI:
-    """A FastAPI app serving one loaded :class:`leader.bundle.Recommender`."""
+def create_app(recommender: Recommender, settings: ServeSettings | None = None) -> FastAPI:
+    """A FastAPI app serving one loaded :class:`leader.recommend.Recommender`."""
     settings = settings or ServeSettings()
-    reader = reader_for(recommender, settings.limits)
+    reader = recommender.reader(settings.limits)
     search = VocabSearch(recommender.schema)
     card = _model_card(recommender, settings, reader.default_icd_version)
     health = {"status": "ok", "model": card["model"]["id"]}
@@ -160,15 +153,17 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     top_k_q = Query(None, ge=1, le=n_drugs, description="Recommend the k most probable classes")
     threshold_q = Query(None, ge=0.0, le=1.0, description="Override the bundle's threshold")
 
-    def score(patients: list[Any], top_k: int | None, threshold: float | None) -> list[dict]:
-        parsed = []
-        for i, p in enumerate(patients):
-            where = f"patients[{i}]: " if len(patients) > 1 else ""
-            try:
-                parsed.append(read_patient(reader, p, f"patient{i}"))
-            except LeaderError as e:
-                raise ApiError(422, f"{where}{e}") from None
-        return recommend_samples(recommender, parsed, top_k=top_k, threshold=threshold)
+    async def answer(patients: list[Any], top_k: int | None, threshold: float | None) -> list:
+        """Both endpoints: read the patients, score them through the micro-batcher (concurrent
+        requests share one model call, on the event loop: a hop to the thread pool per request
+        only made them contend for the GIL and the two cores), build the outputs."""
+        try:
+            check_choice(top_k, threshold)
+            parsed = recommender.read_many(patients, settings.limits)
+        except LeaderError as e:
+            raise ApiError(422, str(e)) from None
+        probs = await batcher.probabilities([sample for sample, _ in parsed])
+        return recommender.outputs(parsed, probs, top_k, threshold)
 
     @app.post(
         "/v1/recommend",
@@ -182,15 +177,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
     ) -> Response:
         patient = await read_json_body(request, settings.max_body_bytes)
-        try:
-            check_choice(top_k, threshold)
-            parsed = read_patient(reader, patient, "patient0")
-        except LeaderError as e:
-            raise ApiError(422, str(e)) from None
-        # concurrent requests share one model call, run on the event loop: a hop to the thread
-        # pool per request only made them contend for the GIL and the two cores
-        probs = await batcher.probabilities(parsed[0])
-        return _json(outputs(recommender, [parsed], probs[None, :], top_k, threshold)[0])
+        return _json((await answer([patient], top_k, threshold))[0])
 
     @app.post(
         "/v1/recommend/batch",
@@ -211,8 +198,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
             raise ApiError(422, "patients: expected a non-empty list of patients")
         if len(patients) > settings.max_batch:
             raise ApiError(422, f"patients: too many items (at most {settings.max_batch})")
-        results = await run_in_threadpool(score, patients, top_k, threshold)
-        return _json({"results": results})
+        return _json({"results": await answer(patients, top_k, threshold)})
 
     @app.get("/v1/health", response_model=Health, summary="Liveness; no authentication")
     def get_health() -> Response:
@@ -271,12 +257,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _json({"detail": "internal error (logged without patient data)"}, 500)
 
 
-def _model_card(rec: Any, settings: ServeSettings, icd_version: int) -> dict:
+def _model_card(rec: Recommender, settings: ServeSettings, icd_version: int) -> dict:
     """Everything GET /v1/model answers, computed once (no file reads per request)."""
     schema = rec.schema
     readme = rec.directory / "README.md"
     return {
-        "model": model_info(rec),
+        "model": rec.info,
         "threshold": rec.threshold,
         "parameters": rec.manifest.get("parameters"),
         "data": rec.manifest.get("data", {}),

@@ -7,7 +7,7 @@ query is one linear scan over a few thousand strings (well under a millisecond).
 from __future__ import annotations
 
 from leader.data.dataset import Schema
-from leader.patient import CODE_KINDS
+from leader.data.vocab import CODE_KINDS
 
 
 class VocabSearch:

@@ -32,18 +32,20 @@ patients (batch 8, lr 1e-3, 15 epochs, chosen on validation) the mean model reac
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leader.configs import option
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, multi_hot
 from leader.models.base import register, start_from_frequencies
 from leader.models.baselines.neural import (
     DualGRUQuery,
     NeuralBaseline,
+    NeuralConfig,
     batch_ddi_rate,
     ddi_penalty,
     ddi_tensor,
@@ -51,6 +53,7 @@ from leader.models.baselines.neural import (
     margin_loss,
     multi_hot_ids,
 )
+from leader.train import TrainConfig
 
 
 def normalize(adj: torch.Tensor) -> torch.Tensor:
@@ -108,18 +111,28 @@ class GamenetModule(nn.Module):
         return self.output(torch.cat([q, fact1, fact2], -1))
 
 
+@dataclass
+class GamenetConfig(NeuralConfig):
+    dim: int = option(64, "Embedding size.", ge=1)
+    dropout: float = option(0.4, "Dropout.", ge=0, le=1)
+    init: float = option(0.1, "Uniform initialisation bound of the code embeddings.", gt=0)
+    ddi_loss: bool = option(True, "Add the DDI loss when the batch's DDI rate is above target.")
+    target_ddi: float = option(0.05, "Target DDI rate of the DDI loss.", ge=0, le=1)
+    temperature: float = option(0.5, "Annealing temperature of the DDI loss.", gt=0)
+    pool: str = option("sum", "Pool code embeddings per visit.", choices=("sum", "mean"))
+    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=40, lr=2e-4))
+
+
 @register
 class Gamenet(NeuralBaseline):
     name = "gamenet"
-    defaults: dict[str, Any] = {
-        "dim": 64, "dropout": 0.4, "init": 0.1, "lr": 2e-4, "epochs": 40,
-        "ddi_loss": True, "target_ddi": 0.05, "temperature": 0.5, "pool": "sum",
-    }
+    config_class = GamenetConfig
+    config: GamenetConfig
 
     def make_module(self) -> nn.Module:
         module = GamenetModule(
-            self.encoder().sizes(), len(self.schema.drugs), self.config["dim"],
-            self.config["dropout"], self.config["init"], self.config["pool"],
+            self.encoder().sizes(), len(self.schema.drugs), self.config.dim,
+            self.config.dropout, self.config.init, self.config.pool,
         )
         module.ddi_adj.copy_(ddi_tensor(self.schema))
         return module
@@ -134,12 +147,12 @@ class Gamenet(NeuralBaseline):
 
     def extra_loss(self, logits, batch, bce):
         base = 0.9 * bce + 0.01 * margin_loss(logits, batch.target)
-        if not self.config["ddi_loss"]:
+        if not self.config.ddi_loss:
             return base, {}
         probs = torch.sigmoid(logits)
         rate = batch_ddi_rate(probs, self.module.ddi_adj)
-        if rate <= self.config["target_ddi"]:
+        if rate <= self.config.target_ddi:
             return base, {"ddi_rate": rate}
-        w = math.exp((self.config["target_ddi"] - rate) / self.config["temperature"])
+        w = math.exp((self.config.target_ddi - rate) / self.config.temperature)
         penalty = ddi_penalty(probs, self.module.ddi_adj)
         return (1 - w) * base + w * penalty, {"ddi_rate": rate, "ddi_weight": w}

@@ -10,24 +10,29 @@ training gets a constant score, its training frequency. The coefficients are sto
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import sparse
 
+from leader.configs import Config, option
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeEncoder, Sample
 from leader.models.base import MedModel, register
+from leader.train import FitContext
+
+
+@dataclass
+class LogRegConfig(Config):
+    C: float = option(1.0, "Inverse L2 regularisation strength.", gt=0)
+    max_iter: int = option(200, "Solver iterations per drug class.", ge=1)
 
 
 @register
 class LogReg(MedModel):
     name = "logreg"
-
-    def __init__(self, schema, config: dict[str, Any] | None = None):
-        super().__init__(schema, {"C": 1.0, "max_iter": 200, **(config or {})})
+    config_class = LogRegConfig
 
     def features(self, samples: Sequence[Sample]) -> sparse.csr_matrix:
         """[dx | px | previous drugs | profile one-hot] as a sparse 0/1 matrix."""
@@ -56,7 +61,7 @@ class LogReg(MedModel):
         data = np.ones(len(rows), dtype=np.float32)
         return sparse.csr_matrix((data, (rows, cols)), shape=(len(samples), start))
 
-    def fit(self, data: Dataset, run_dir: Path | None = None) -> LogReg:
+    def fit(self, data: Dataset, context: FitContext | None = None) -> LogReg:
         from sklearn.linear_model import LogisticRegression
 
         train = data.samples("train")
@@ -75,7 +80,7 @@ class LogReg(MedModel):
                 bias[j] = np.log(max(rate, 1e-6) / max(1 - rate, 1e-6))
                 continue
             clf = LogisticRegression(
-                C=self.config["C"], solver="liblinear", max_iter=self.config["max_iter"]
+                C=self.config.C, solver="liblinear", max_iter=self.config.max_iter
             )
             clf.fit(x, y[:, j])
             weight[j], bias[j] = clf.coef_[0], clf.intercept_[0]

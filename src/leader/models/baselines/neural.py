@@ -1,7 +1,7 @@
 """What the neural baselines share: the Task for the training loop, the fit/predict plumbing,
 GRUs over right-aligned visits, and the lineage's auxiliary losses.
 
-A baseline subclasses :class:`NeuralBaseline`, sets ``defaults`` (its paper's hyper-parameters)
+A baseline subclasses :class:`NeuralBaseline`, sets ``config_class`` (its paper's hyper-parameters)
 and implements ``make_module`` (an ``nn.Module`` mapping a :class:`CodeBatch` to drug logits);
 ``extra_loss`` adds its paper's loss terms to the binary cross-entropy.
 """
@@ -10,31 +10,36 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leader.configs import Config, option
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
 from leader.models.base import MedModel
-from leader.train import TrainConfig, predict_in_batches, train
+from leader.train import FitContext, TrainConfig, predict_in_batches
 
-TRAIN_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "patience", "seed", "max_steps")
-COMMON_DEFAULTS: dict[str, Any] = {
-    "epochs": 30,
-    "lr": 5e-4,
-    "batch_size": 32,
-    "weight_decay": 0.0,
-    "patience": 10,
-    "seed": 42,
-    "max_steps": None,
-    "max_visits": 10,
-    "max_codes": 64,
-}
+
+@dataclass
+class NeuralConfig(Config):
+    """What every neural baseline shares: the visits it reads and how it trains."""
+
+    max_visits: int = option(10, "Last K visits the model reads.", ge=1)
+    max_codes: int = option(64, "Codes kept per visit and kind.", ge=1)
+    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=30))
+
+    @classmethod
+    def upgrade(cls, raw: dict) -> dict:
+        """Bundles of leader 0.1 kept the training settings flat beside the model's."""
+        flat = {k: raw.pop(k) for k in list(raw) if k in TrainConfig.__dataclass_fields__}
+        if flat:
+            raw["train"] = {**flat, **raw.get("train", {})}
+        return raw
 
 
 class CodeTask:
@@ -59,21 +64,18 @@ class CodeTask:
 
 
 class NeuralBaseline(MedModel):
-    """fit = seed, build, train with the shared loop; predict = sigmoid of the logits."""
+    """fit = seed, build, train with the shared loop; predict = sigmoid of the logits.
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    A subclass's ``config_class`` extends :class:`NeuralConfig` with its paper's settings.
+    """
 
-    def __init__(self, schema: Schema, config: dict[str, Any] | None = None):
-        config = dict(config or {})
-        self.progress = bool(config.pop("progress", True))  # display only, not a setting
-        super().__init__(schema, {**COMMON_DEFAULTS, **self.defaults, **config})
+    config_class: ClassVar[type[NeuralConfig]] = NeuralConfig
+    config: NeuralConfig
 
     def encoder(self) -> CodeEncoder:
         return CodeEncoder(
-            self.schema.vocab,
-            self.schema.profile_vocab,
-            self.config["max_visits"],
-            self.config["max_codes"],
+            self.schema.vocab, self.schema.profile_vocab, self.config.max_visits,
+            self.config.max_codes,
         )
 
     @abstractmethod
@@ -91,15 +93,11 @@ class NeuralBaseline(MedModel):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         return bce, {}
 
-    def fit(self, data: Dataset, run_dir: Path | None = None) -> NeuralBaseline:
-        torch.manual_seed(int(self.config["seed"]))
+    def fit(self, data: Dataset, context: FitContext | None = None) -> NeuralBaseline:
+        torch.manual_seed(self.config.train.seed)
         self.build()
         self.prepare(data)
-        config = TrainConfig(
-            **{k: self.config[k] for k in TRAIN_KEYS}, progress=self.progress
-        )
-        result = train(CodeTask(self), data.samples("train"), data.samples("val"), config, run_dir)
-        self.train_result = result
+        self.run_loop(CodeTask(self), data, context)
         return self
 
     def num_parameters(self) -> int:

@@ -23,8 +23,10 @@ from safetensors.torch import load_file, save_file
 from leader.artifacts import read_json, write_json
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import Sample, sample_id
+from leader.data.synth import SYNTH_MANIFEST, read_ground_truth
 from leader.errors import LeaderError
 from leader.models.base import MODEL_CONFIG, WEIGHTS, MedModel, register
+from leader.train import FitContext
 
 INDEX = "oracle_index.json"
 
@@ -38,8 +40,7 @@ def fingerprint(diagnoses: Sequence[str], procedures: Sequence[str]) -> str:
 class Oracle(MedModel):
     name = "oracle"
 
-    def fit(self, data: Dataset, run_dir: Path | None = None) -> Oracle:
-        from leader.data.synth import SYNTH_MANIFEST, read_ground_truth
+    def fit(self, data: Dataset, context: FitContext | None = None) -> Oracle:
 
         root = Path(str(data.manifest.get("root", "")))
         if not (root / SYNTH_MANIFEST).is_file():
@@ -74,14 +75,14 @@ class Oracle(MedModel):
         return 0  # a lookup table, nothing learned
 
     def save(self, directory: Path) -> None:
-        write_json(directory / MODEL_CONFIG, {"name": self.name, "config": self.config})
+        write_json(directory / MODEL_CONFIG, {"name": self.name, "config": self.config.to_dict()})
         save_file({"prob": self.prob.contiguous(), "fallback": self.fallback.contiguous()},
                   str(directory / WEIGHTS))
         write_json(directory / INDEX, {"sample_ids": self.keys, "fingerprints": self.prints})
 
     @classmethod
     def load(cls, directory: Path, schema: Schema) -> Oracle:
-        model = cls(schema, read_json(directory / MODEL_CONFIG).get("config", {}))
+        model = cls(schema, cls.read_config(directory))
         tensors = load_file(str(directory / WEIGHTS))
         model.prob, model.fallback = tensors["prob"], tensors["fallback"]
         index = read_json(directory / INDEX)

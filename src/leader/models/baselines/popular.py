@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +10,7 @@ import torch
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, multi_hot
 from leader.models.base import MedModel, register
+from leader.train import FitContext
 
 
 @register
@@ -19,7 +19,7 @@ class Popular(MedModel):
 
     name = "popular"
 
-    def fit(self, data: Dataset, run_dir: Path | None = None) -> Popular:
+    def fit(self, data: Dataset, context: FitContext | None = None) -> Popular:
         train = data.samples("train")
         self.frequency = multi_hot([s.target for s in train], self.schema.drugs).mean(0)
         return self

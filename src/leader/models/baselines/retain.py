@@ -27,15 +27,22 @@ hundred visits use dropout 0.2 and lr 1e-2 (what tests/test_baselines.py does).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from leader.configs import option
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch
 from leader.models.base import register, start_from_frequencies
-from leader.models.baselines.neural import NeuralBaseline, gru_left, init_embeddings, visit_vectors
+from leader.models.baselines.neural import (
+    NeuralBaseline,
+    NeuralConfig,
+    gru_left,
+    init_embeddings,
+    visit_vectors,
+)
 
 
 class RetainModule(nn.Module):
@@ -74,15 +81,23 @@ class RetainModule(nn.Module):
         return self.out(self.drop_ctx(context))
 
 
+@dataclass
+class RetainConfig(NeuralConfig):
+    dim: int = option(64, "Embedding size.", ge=1)
+    dropout: float = option(0.5, "Dropout.", ge=0, le=1)
+    init: float = option(0.01, "Uniform initialisation bound of the code embeddings.", gt=0)
+
+
 @register
 class Retain(NeuralBaseline):
     name = "retain"
-    defaults: dict[str, Any] = {"dim": 64, "dropout": 0.5, "init": 0.01}
+    config_class = RetainConfig
+    config: RetainConfig
 
     def make_module(self) -> nn.Module:
         return RetainModule(
-            self.encoder().sizes(), len(self.schema.drugs), self.config["dim"],
-            self.config["dropout"], self.config["init"],
+            self.encoder().sizes(), len(self.schema.drugs), self.config.dim,
+            self.config.dropout, self.config.init,
         )
 
     def prepare(self, data: Dataset) -> None:

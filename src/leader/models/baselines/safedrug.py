@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -43,19 +44,21 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from leader.artifacts import read_json
+from leader.configs import option
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, Sample
-from leader.models.base import MODEL_CONFIG, WEIGHTS, register, start_from_frequencies
+from leader.models.base import WEIGHTS, register, start_from_frequencies
 from leader.models.baselines.neural import (
     DualGRUQuery,
     NeuralBaseline,
+    NeuralConfig,
     batch_ddi_rate,
     ddi_penalty,
     ddi_tensor,
     init_embeddings,
     margin_loss,
 )
+from leader.train import TrainConfig
 
 SMILES = resources.files("leader.data") / "resources" / "drugs" / "atc3_smiles.csv"
 
@@ -181,21 +184,29 @@ class SafedrugModule(nn.Module):
         return local_view * global_view
 
 
+@dataclass
+class SafedrugConfig(NeuralConfig):
+    dim: int = option(64, "Embedding size.", ge=1)
+    dropout: float = option(0.5, "Dropout.", ge=0, le=1)
+    init: float = option(0.1, "Uniform initialisation bound of the code embeddings.", gt=0)
+    target_ddi: float = option(0.06, "Target DDI rate of the controllable DDI loss.", ge=0, le=1)
+    kp: float = option(0.05, "Proportional gain of the DDI loss controller.", gt=0)
+    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=50, lr=5e-4))
+
+
 @register
 class Safedrug(NeuralBaseline):
     name = "safedrug"
-    defaults: dict[str, Any] = {
-        "dim": 64, "dropout": 0.5, "init": 0.1, "lr": 5e-4, "epochs": 50,
-        "target_ddi": 0.06, "kp": 0.05,
-    }
+    config_class = SafedrugConfig
+    config: SafedrugConfig
 
     def make_module(self, mol: dict[str, Any] | None = None) -> nn.Module:
         """``mol``: stored molecule tables (a loaded bundle); None computes them with RDKit."""
         if mol is None:
             mol = molecule_tensors(tuple(self.schema.drugs.codes))
         module = SafedrugModule(
-            self.encoder().sizes(), mol, self.config["dim"], self.config["dropout"],
-            self.config["init"],
+            self.encoder().sizes(), mol, self.config.dim, self.config.dropout,
+            self.config.init,
         )
         module.ddi_adj.copy_(ddi_tensor(self.schema))
         return module
@@ -219,7 +230,7 @@ class Safedrug(NeuralBaseline):
     @classmethod
     def load(cls, directory: Path, schema: Schema) -> Safedrug:
         """Rebuild from the stored molecule tables (no RDKit, no recomputation)."""
-        model = cls(schema, read_json(directory / MODEL_CONFIG).get("config", {}))
+        model = cls(schema, cls.read_config(directory))
         tensors = load_file(str(directory / WEIGHTS))
         mol = None
         if all(k in tensors for k in MOLECULE_KEYS):
@@ -243,8 +254,8 @@ class Safedrug(NeuralBaseline):
         base = 0.95 * bce + 0.05 * margin_loss(logits, batch.target)
         probs = torch.sigmoid(logits)
         rate = batch_ddi_rate(probs, self.module.ddi_adj)
-        if rate <= self.config["target_ddi"]:
+        if rate <= self.config.target_ddi:
             return base, {"ddi_rate": rate}
-        beta = max(0.0, 1 + (self.config["target_ddi"] - rate) / self.config["kp"])
+        beta = max(0.0, 1 + (self.config.target_ddi - rate) / self.config.kp)
         penalty = ddi_penalty(probs, self.module.ddi_adj)
         return beta * base + (1 - beta) * penalty, {"ddi_rate": rate, "beta": beta}

@@ -1,0 +1,247 @@
+"""Fit → score → bundle: the one workflow behind `train-teacher`, `distill` and `train-baseline`.
+
+Every model goes through :func:`fit_model`: the output is checked first (nothing long runs
+before a refusal), checkpoints go to ``.<OUT>.run/`` beside the output, a rerun of the same
+command resumes there (a leftover run of other options is refused unless ``force``), the model
+is scored on the validation and test splits, and rank 0 alone writes the bundle. Models only
+fit and predict (:mod:`leader.models`); scoring is :mod:`leader.evaluation`, bundles are
+:mod:`leader.bundle`.
+
+:func:`export_features` runs a saved teacher over every sample for distillation, and
+:func:`teacher_features` gives a student's fit those features (exported, or the teacher run
+online).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from leader.artifacts import check_can_write, read_json
+from leader.bundle import load, save_bundle
+from leader.configs import Config, ConfigError
+from leader.data.dataset import Dataset
+from leader.data.samples import Sample
+from leader.errors import LeaderError
+from leader.evaluation import DEFAULT_THRESHOLD, split_metrics
+from leader.features import DEFAULT_SHARD_SIZE, FeatureTable, TeacherFeatures, teacher_hash
+from leader.features import export_features as write_features
+from leader.models.base import MedModel, model_class
+from leader.train import FitContext
+
+RUN_IDENTITY = "run.json"
+
+
+@dataclass
+class FitResult:
+    """What a fit produced: the model, where it was saved, its metrics and how long it took."""
+
+    model: MedModel
+    out: Path
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]  # val / test point metrics at the bundle's threshold
+    training: dict[str, Any]  # the model's fit summary (best validation PRAUC, steps, ...)
+    timings: dict[str, float]  # seconds: fit, score, save
+    notes: dict[str, Any] = field(default_factory=dict)  # model-specific (teacher metrics ...)
+
+
+# --- run directories ----------------------------------------------------------------------------
+
+
+def run_dir_for(out: Path) -> Path:
+    """Checkpoints live beside an artifact (``.<name>.run/``), which only appears when done."""
+    out = Path(out)
+    return out.parent / f".{out.name}.run"
+
+
+def prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
+    """Resume only a run started with the same options and data; ``force`` starts again.
+
+    ``identity`` is everything that changes the result (model config, input hashes).
+    """
+    wanted = json.loads(json.dumps(identity, default=str))
+    path = run_dir / RUN_IDENTITY
+    if run_dir.exists():
+        same = path.is_file() and json.loads(path.read_text()) == wanted
+        if not same:
+            if not force:
+                raise LeaderError(
+                    f"{run_dir}: holds an unfinished run with other options or data; rerun the "
+                    "same command to resume it, or add --force to start again"
+                )
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=2))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or a single process)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+# --- teacher features for distillation ----------------------------------------------------------
+
+
+class OnlineTeacher:
+    """The teacher run on each training batch (no_grad), instead of exported features.
+
+    Slower by the teacher's forward per step, but needs no export and always matches the
+    teacher's current weights.
+    """
+
+    def __init__(self, teacher_dir: Path, data: Dataset):
+        self.model = load(teacher_dir).model
+        if not hasattr(self.model, "encode"):
+            raise LeaderError(f"{teacher_dir}: model {self.model.name!r} is not a teacher")
+        if self.model.schema.drugs.codes != data.drugs.codes:
+            raise LeaderError(
+                f"{teacher_dir}: the teacher's drug vocabulary differs from {data.root}'s; "
+                "distill with the data the teacher was trained on"
+            )
+        self.size = int(self.model.config.hidden_size or 0)
+        self.ids = {s.sample_id for s in data.samples("train")}
+
+    def covers(self, samples: Sequence[Sample]) -> bool:
+        """Only training batches need the teacher (not validation or test)."""
+        return all(s.sample_id in self.ids for s in samples)
+
+    def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
+        with torch.no_grad():
+            hidden, _logits = self.model.encode(list(samples))
+        return hidden.float()
+
+
+def teacher_features(teacher: Path | None, data: Dataset, online: bool) -> TeacherFeatures:
+    """The teacher's hidden states of the training split, checked to cover every sample."""
+    if teacher is None:
+        raise ConfigError("teacher", "required for feature distillation (or set alpha to 0)")
+    teacher = Path(teacher)
+    if not teacher.is_dir():
+        raise ConfigError("teacher", f"{teacher}: directory not found")
+    if online:
+        return OnlineTeacher(teacher, data)
+    table = FeatureTable.load(teacher, data, "train")
+    table.check_covers(data.samples("train"), str(teacher / "features"))
+    return table
+
+
+def export_features(
+    teacher_dir: str | Path,
+    data: str | Path | Dataset,
+    batch_size: int = 16,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> dict:
+    """`leader export-features`: the saved teacher's features of every sample of every split."""
+    teacher_hash(teacher_dir)  # refuses a directory that is not a teacher, before loading it
+    data = data if isinstance(data, Dataset) else Dataset.load(data)
+    teacher = load(teacher_dir).model
+    return write_features(teacher, teacher_dir, data, batch_size, shard_size, on_progress,
+                          on_total)
+
+
+# --- fit → score → bundle -----------------------------------------------------------------------
+
+
+def fit_model(
+    model: str | MedModel,
+    data: str | Path | Dataset,
+    out: str | Path,
+    config: Config | dict[str, Any] | None = None,
+    *,
+    teacher: Path | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    force: bool = False,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> FitResult:
+    """Fit ``model`` (a registered name, or a model instance) on DATA_DIR and bundle it at ``out``.
+
+    ``teacher`` (a TEACHER_DIR with exported features) is read by models that distill when
+    their config asks for it (the student with ``alpha > 0``).
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError("threshold", f"expected a number in [0, 1], got {threshold}")
+    out = Path(out)
+    check_can_write(out, force)  # fail before the long work
+    data = data if isinstance(data, Dataset) else Dataset.load(data)
+    if isinstance(model, str):
+        model = model_class(model)(data.schema, config)
+    elif config is not None:
+        raise LeaderError("give a model name with a config, or a model instance alone")
+    features = _features_for(model, teacher, data)
+    model.build()  # a bad backbone or length fails here, before anything is written
+    main = is_main_process()
+    run_dir = run_dir_for(out)
+    identity = {"model": model.name, "config": model.config.identity(),
+                "data": data.data_hash, "teacher": _teacher_hash(features, teacher)}
+    if main:
+        prepare_run_dir(run_dir, identity, force)
+
+    t0 = time.perf_counter()
+    model.fit(data, FitContext(run_dir, progress, on_step, features))
+    t1 = time.perf_counter()
+    metrics = split_metrics(model, data, threshold)
+    t2 = time.perf_counter()
+    notes = _notes(model, teacher, features)
+    if main:
+        save_bundle(model, out, threshold=threshold, metrics=metrics, force=force,
+                    extra={"training": model.fit_summary, **notes})
+        shutil.rmtree(run_dir, ignore_errors=True)
+    timings = {"fit": t1 - t0, "score": t2 - t1, "save": time.perf_counter() - t2}
+    return FitResult(model, out, run_dir, metrics, model.fit_summary, timings,
+                     {**notes, "teacher_metrics": _teacher_metrics(teacher)})
+
+
+def _wants_teacher(model: MedModel, data: Dataset) -> bool:
+    """Whether this fit needs teacher features (the student resolves α from the data)."""
+    if not model.uses_teacher:
+        return False
+    resolved = model.config.resolved(str(data.manifest.get("source", "")))
+    return bool(resolved.alpha)
+
+
+def _features_for(model: MedModel, teacher: Path | None, data: Dataset) -> Any:
+    if not _wants_teacher(model, data):
+        if teacher is not None and not model.uses_teacher:
+            raise ConfigError("teacher", f"model {model.name} does not learn from a teacher")
+        return None
+    return teacher_features(teacher, data, bool(getattr(model.config, "online", False)))
+
+
+def _teacher_hash(features: Any, teacher: Path | None) -> str | None:
+    return teacher_hash(teacher) if features is not None and teacher is not None else None
+
+
+def _notes(model: MedModel, teacher: Path | None, features: Any) -> dict[str, Any]:
+    """What the bundle records of the model's inputs besides the data."""
+    notes: dict[str, Any] = {}
+    llm = getattr(model.config, "llm", None)
+    if llm is not None:
+        notes["llm"] = llm
+    if model.uses_teacher:
+        notes["distillation"] = {
+            "alpha": model.config.alpha,
+            "beta": model.config.beta,
+            "online": model.config.online,
+            "teacher": str(teacher) if features is not None else None,
+            "teacher_hash": _teacher_hash(features, teacher),
+        }
+    return notes
+
+
+def _teacher_metrics(teacher: Path | None) -> dict[str, Any] | None:
+    """The teacher's own val/test metrics from its bundle, to print beside a student's."""
+    if teacher is None or not (Path(teacher) / "metrics.json").is_file():
+        return None
+    found = read_json(Path(teacher) / "metrics.json")
+    return {k: v for k, v in found.items() if k in ("val", "test")} or None
