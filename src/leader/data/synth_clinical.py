@@ -33,7 +33,6 @@ import polars as pl
 from scipy import sparse
 
 from leader.data.synth_model import (
-    DDI_DROP,
     N_TOPICS,
     TARGET_CLASSES_FIRST_VISIT,
     Model,
@@ -149,6 +148,12 @@ PROFILE: list[tuple[dict[str, object], dict[str, float]]] = [
     ({"admission_type": r"EMER"}, {"B05X": 0.3, "N02A": 0.3}),
     ({"insurance": r"Medicaid"}, {"N05A": 0.6, "N07B": 0.8}),
 ]
+
+# Interacting pairs: the rarer class of a pair drawn together is dropped with this chance. Lower
+# than the additive model's 0.7, under which the bundled pairs all but remove ACE inhibitors and
+# statins next to the common anticoagulants and opioids; real cohorts co-prescribe interacting
+# classes often (ground-truth DDI rate ~0.08 in MIMIC-III, SafeDrug paper, Yang et al. 2021).
+DDI_DROP = 0.3
 
 N_HEAD = 300  # diagnosis codes with an effect of their own (the most frequent)
 HEAD_EFFECT = (1.5, 3.0)  # uniform range of a head code's effect on its one target class
