@@ -205,6 +205,10 @@ def test_oracle_matches_empirical_frequencies(model, rules):
             assert taken[with_lead, comp].mean() > taken[ok & ~taken[:, lead], comp].mean()
     comp = rules.companion
     assert abs(taken[ok][:, comp].mean() - prob[ok][:, comp].mean()) < 0.01
+    # interacting pairs are drawn together less often than independent draws would give
+    a, b = rules.ddi_a, rules.ddi_to_b.argmax(1)
+    together = (taken[ok][:, a] & taken[ok][:, b]).sum()
+    assert together < 0.95 * (prob[ok][:, a] * prob[ok][:, b]).sum()
 
 
 def test_oracle_uses_only_what_the_tables_show(model, rules):
