@@ -29,9 +29,10 @@ def run(*args: str) -> None:
     subprocess.run([LEADER, *args], check=True)
 
 
-def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool) -> list[Path]:
+def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
+           neural: bool = True) -> list[Path]:
     dirs = []
-    for name in ("popular", "repeat-last", "logreg", *NEURAL):
+    for name in ("popular", "repeat-last", "logreg", *(NEURAL if neural else ())):
         extra = ["--epochs", str(epochs), "--lr", str(lr)] if name in NEURAL else []
         started = time.perf_counter()
         run("train-baseline", name, "--data", str(data), "--out", str(models / name), "--force",
@@ -59,6 +60,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--only", choices=("demo", "synth"), default=None)
     ap.add_argument("--generator", choices=("additive", "clinical"), default="clinical")
+    ap.add_argument("--no-neural", action="store_true", help="leave out " + ", ".join(NEURAL))
     args = ap.parse_args()
     w = args.work
     if args.only in (None, "demo"):
@@ -73,7 +75,8 @@ def main() -> None:
             str(s / "raw"), "--seed", "0", "--generator", args.generator, "--force")
         run("prepare", "--source", "mimic3", "--root", str(s / "raw"), "--out",
             str(s / "data"), "--force")
-        dirs = cohort(s / "data", s / "models", args.epochs, args.lr, oracle=True)
+        dirs = cohort(s / "data", s / "models", args.epochs, args.lr, oracle=True,
+                      neural=not args.no_neural)
         run("compare", "--data", str(s / "data"), *map(str, dirs), "--out",
             str(s / "report"), "--force")
 
