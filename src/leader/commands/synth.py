@@ -12,6 +12,8 @@ from rich.table import Table
 
 from leader.cli import app
 from leader.data.synth import synthesize
+from leader.data.synth_clinical import ClinicalConfig
+from leader.errors import LeaderError
 
 
 @app.command("synth")
@@ -21,8 +23,19 @@ def synth(
     out: Annotated[Path, typer.Option(help="RAW_DIR to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the generator and of the data.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RAW_DIR.")] = False,
+    generator: Annotated[str, typer.Option(
+        help="clinical (prescribing rules) or additive (the original model, same bytes).")
+    ] = "clinical",
+    without: Annotated[list[str] | None, typer.Option(
+        help="A clinical rule to switch off (repeatable): long_tail, combinations, "
+             "contraindications, continuation, combination_therapy, profile.")] = None,
+    rule_weight: Annotated[list[str] | None, typer.Option(
+        help="RULE=WEIGHT: multiply a clinical rule's effects (repeatable; 0 = off).")] = None,
 ) -> None:
     """Synthetic MIMIC-III / MIMIC-IV raw tables, with ground-truth drug probabilities."""
+    if generator != "clinical" and (without or rule_weight):
+        raise LeaderError("--without / --rule-weight: only for --generator clinical")
+    config = ClinicalConfig.parse(without, rule_weight)
 
     console = Console(stderr=True)
     with Progress(
@@ -33,9 +46,10 @@ def synth(
         summary = synthesize(
             out, fmt, patients, seed, force=force,
             progress=lambda done, total: bar.update(task, completed=done),
+            generator=generator, config=config,
         )
     table = Table(title=f"leader synth → {summary['out']}", show_header=False)
-    for key in ("format", "seed", "patients", "admissions", "single_visit_patients",
+    for key in ("format", "generator", "seed", "patients", "admissions", "single_visit_patients",
                 "drug_classes", "mean_classes_per_prescribing_visit", "ddi_pairs", "seconds"):
         table.add_row(key, str(summary[key]))
     for name, rows in summary["rows"].items():

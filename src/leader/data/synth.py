@@ -1,8 +1,9 @@
 """`leader synth`: synthetic raw MIMIC tables in the exact MIMIC-III / MIMIC-IV file layout.
 
 Why: the real releases need credentialed access, so tests, demos and benchmarks need raw tables
-that `prepare` reads like the real ones, with drugs drawn from the planted model of
-:mod:`leader.data.synth_model` and that model's exact per-class probabilities written to
+that `prepare` reads like the real ones, with drugs drawn from a planted model (``additive``:
+:mod:`leader.data.synth_model`; ``clinical``, the default: its prescribing rules in
+:mod:`leader.data.synth_clinical`) and that model's exact per-class probabilities written to
 ``ground_truth.parquet`` (so an oracle, the best any model can do, can be scored). Noise rows are
 added on top of the planted ones (NDC "0" with a name that maps to nothing, unmappable products,
 exact duplicates), so they never remove a planted class.
@@ -26,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leader.artifacts import atomic_dir, read_json, write_manifest
+from leader.data import synth_clinical
+from leader.data.synth_clinical import GENERATORS, ClinicalConfig, Rules
 from leader.data.synth_model import (
     DDI_DROP,
     FORMATS,
@@ -140,7 +143,17 @@ class Chunk:
     truth: pa.Table
 
 
-def _chunk(model: Model, ids: Ids, lo: int, hi: int, adm_lo: int, seed: int) -> Chunk:
+def _draw_drugs(model: Model, rules: Rules | None, adm: dict, dx: dict, px: dict,
+                rng) -> tuple[np.ndarray, np.ndarray]:
+    """The drawn classes and their exact marginals, by the additive model or the rules."""
+    if rules is None:
+        return draw_drugs(model, adm, static_logits(model, adm, dx, px), rng)
+    obs = synth_clinical.observe(model, rules, adm, dx, px)
+    return synth_clinical.draw_drugs(model, rules, adm, obs, rng)
+
+
+def _chunk(model: Model, ids: Ids, lo: int, hi: int, adm_lo: int, seed: int,
+           rules: Rules | None = None) -> Chunk:
     rng = np.random.default_rng([seed, 3, lo])
     fmt, prof = model.fmt, model.spec.profile
     pats = draw_patients(model, hi - lo, rng)
@@ -148,7 +161,7 @@ def _chunk(model: Model, ids: Ids, lo: int, hi: int, adm_lo: int, seed: int) -> 
     n = len(adm["pat"])
     dx = draw_codes(model, "dx", adm, rng)
     px = draw_codes(model, "px", adm, rng)
-    taken, prob = draw_drugs(model, adm, static_logits(model, adm, dx, px), rng)
+    taken, prob = _draw_drugs(model, rules, adm, dx, px, rng)
 
     subject = ids.subject[lo:hi][adm["pat"]]
     hadm = ids.hadm[adm_lo:adm_lo + n]
@@ -398,19 +411,28 @@ def synthesize(
     seed: int,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    generator: str = "clinical",
+    config: ClinicalConfig | None = None,
 ) -> dict:
     """Write synthetic raw MIMIC tables, ground truth and ``synth_manifest.json`` to ``out``.
 
-    Returns the summary that also goes into the manifest.
+    ``generator`` is ``clinical`` (the prescribing rules, tuned by ``config``) or ``additive``
+    (the original model, byte-identical to earlier releases for a seed). Returns the summary
+    that also goes into the manifest.
     """
     if fmt not in FORMATS:
         raise LeaderError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if generator not in GENERATORS:
+        raise LeaderError(
+            f"--generator: expected one of {', '.join(GENERATORS)}, got {generator!r}")
     if patients < 1:
         raise LeaderError(f"--patients: expected a positive number, got {patients}")
     started = time.perf_counter()
     out = Path(out)
     with atomic_dir(out, force=force) as tmp:
         model = build_model(fmt, seed)
+        rules = (synth_clinical.build_rules(model, seed, config) if generator == "clinical"
+                 else None)
         ids = _make_ids(fmt, patients, seed)
         writers = _Writers(tmp, fmt)
         schema = pa.schema([
@@ -424,7 +446,7 @@ def synthesize(
             adm_lo = 0
             for lo in range(0, patients, CHUNK_PATIENTS):
                 hi = min(lo + CHUNK_PATIENTS, patients)
-                chunk = _chunk(model, ids, lo, hi, adm_lo, seed)
+                chunk = _chunk(model, ids, lo, hi, adm_lo, seed, rules)
                 adm_lo += int(ids.counts[lo:hi].sum())
                 for table in STREAMED:
                     writers.write(table, chunk.frames[table])
@@ -438,14 +460,14 @@ def synthesize(
             writers.close()
             truth.close()
         summary = {
-            "format": fmt, "seed": seed, "patients": patients,
+            "format": fmt, "generator": generator, "seed": seed, "patients": patients,
             "admissions": int(ids.counts.sum()),
             "single_visit_patients": int((ids.counts == 1).sum()),
             "rows": {writers.names[t]: n for t, n in writers.rows.items()},
             "drug_classes": len(model.classes),
             "mean_classes_per_prescribing_visit": round(classes_drawn / max(1, visits_with_drugs),
                                                         3),
-            "ddi_pairs": len(model.ddi_a),
+            "ddi_pairs": len(model.ddi_a if rules is None else rules.ddi_a),
             "seconds": round(time.perf_counter() - started, 2),
         }
         write_manifest(
@@ -455,6 +477,7 @@ def synthesize(
                 "ddi_drop": DDI_DROP,
                 "target_classes_first_visit": TARGET_CLASSES_FIRST_VISIT,
                 "chunk_patients": CHUNK_PATIENTS,
+                "rules": rules.describe() if rules is not None else None,
             },
         )
         # A raw MIMIC directory is not a leader artifact: keep its manifest under its own name.
