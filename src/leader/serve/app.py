@@ -4,14 +4,15 @@ Every bad request gets a 4xx with a one-line ``detail`` naming the problem: the 
 by hand (Content-Length checked, then the streamed size, then JSON, then the strict patient
 schema), so a hostile request costs little and never reaches the model. Patient data never
 goes to the logs: uvicorn's access log is off (see :func:`run`) and unexpected errors are
-logged by exception type only.
+logged by exception type only (:class:`leader.serve.guards.ErrorBoundary`). Without a token,
+the Host header must name this server (:class:`leader.serve.guards.HostCheck`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from leader.errors import LeaderError
 from leader.patient import CODE_KINDS, patient_json_schema
 from leader.recommend import (
     check_choice,
+    is_fhir,
+    json_value,
     model_info,
     outputs,
     read_patient,
@@ -34,6 +37,7 @@ from leader.recommend import (
     recommend_samples,
 )
 from leader.serve.batching import MicroBatcher
+from leader.serve.guards import LOOPBACK_NAMES, ErrorBoundary, HostCheck
 from leader.serve.schemas import (
     BatchResponse,
     ErrorBody,
@@ -47,13 +51,17 @@ from leader.serve.search import VocabSearch
 STATIC = Path(__file__).parent / "static"
 JSON_TYPES = ("application/json", "application/fhir+json")
 CLOSE_AFTER = (400, 401, 413, 415)  # refused before the body was read in full
-log = logging.getLogger("leader.serve")
 ERRORS = {
-    400: {"model": ErrorBody, "description": "Invalid JSON"},
+    400: {"model": ErrorBody, "description": "Invalid JSON, or a Host header not allowed"},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
+    408: {"model": ErrorBody, "description": "Body not received in time"},
     413: {"model": ErrorBody, "description": "Body over the size limit"},
     415: {"model": ErrorBody, "description": "Not a JSON content type"},
     422: {"model": ErrorBody, "description": "Valid JSON, but not a valid patient"},
+}
+# the responses of every operation that takes no body (Host check, auth, query parameters)
+GET_ERRORS = {k: ERRORS[k] for k in (400, 401)} | {
+    422: {"model": ErrorBody, "description": "Invalid query parameter"}
 }
 
 
@@ -98,8 +106,8 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing oversize, non-JSON and malformed bodies with a 4xx."""
+async def read_json_body(request: Request, limit: int, timeout: float = 30.0) -> Any:
+    """The request body as JSON, refusing oversize, non-JSON, malformed and slow bodies (4xx)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise ApiError(415, "expected Content-Type: application/json (or application/fhir+json)")
@@ -110,20 +118,22 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if int(length) > limit:
             raise ApiError(413, f"body: {length} bytes is over the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body: over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"body: over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"body: not received within {timeout:g} s") from None
     body = b"".join(chunks)
     if not body.strip():
         raise ApiError(400, "body: empty; expected a JSON patient or FHIR Bundle")
     try:
-        return json.loads(body)
-    except RecursionError:
-        raise ApiError(400, "body: invalid JSON (nested too deeply)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int too large
-        raise ApiError(400, f"body: invalid JSON ({str(e)[:200]})") from None
+        return json_value(body)
+    except LeaderError as e:  # "not valid JSON (reason)"
+        raise ApiError(400, f"body: invalid JSON {str(e).removeprefix('not valid JSON ')}") from None
 
 
 def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastAPI:
@@ -146,6 +156,12 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     )
     app.state.batcher = batcher  # read by tests and anyone monitoring batch sizes
     app.add_middleware(SecurityHeaders)
+    if token is None:  # with a token, a rebinding page cannot authenticate anyway
+        allowed = (*LOOPBACK_NAMES, *settings.allowed_hosts)
+        if settings.host not in ("0.0.0.0", "::", ""):
+            allowed = (*allowed, settings.host)
+        app.add_middleware(HostCheck, allowed=allowed)
+    app.add_middleware(ErrorBoundary)
     _install_error_handlers(app)
 
     def authorised(request: Request) -> None:
@@ -181,10 +197,13 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     async def recommend(
         request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
     ) -> Response:
-        patient = await read_json_body(request, settings.max_body_bytes)
+        patient = await read_json_body(request, settings.max_body_bytes, settings.body_timeout)
         try:
             check_choice(top_k, threshold)
-            parsed = read_patient(reader, patient, "patient0")
+            if is_fhir(patient):  # validating a large Bundle takes long: off the event loop
+                parsed = await run_in_threadpool(read_patient, reader, patient, "patient0")
+            else:
+                parsed = read_patient(reader, patient, "patient0")
         except LeaderError as e:
             raise ApiError(422, str(e)) from None
         # concurrent requests share one model call, run on the event loop: a hop to the thread
@@ -203,7 +222,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     async def recommend_batch(
         request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
     ) -> Response:
-        body = await read_json_body(request, settings.max_body_bytes)
+        body = await read_json_body(request, settings.max_body_bytes, settings.body_timeout)
         if not isinstance(body, dict) or set(body) != {"patients"}:
             raise ApiError(422, 'body: expected {"patients": [patient, ...]} and nothing else')
         patients = body["patients"]
@@ -214,15 +233,31 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         results = await run_in_threadpool(score, patients, top_k, threshold)
         return _json({"results": results})
 
-    @app.get("/v1/health", response_model=Health, summary="Liveness; no authentication")
+    @app.get(
+        "/v1/health",
+        response_model=Health,
+        responses={400: ERRORS[400]},
+        summary="Liveness; no authentication",
+    )
     def get_health() -> Response:
         return _json(health)
 
-    @app.get("/v1/model", dependencies=guarded, summary="Model card, metrics, vocab sizes")
+    @app.get(
+        "/v1/model",
+        dependencies=guarded,
+        responses={k: GET_ERRORS[k] for k in (400, 401)},
+        summary="Model card, metrics, vocab sizes",
+    )
     def get_model() -> Response:
         return _json(card)
 
-    @app.get("/v1/vocab", dependencies=guarded, response_model=VocabResult, summary="Search codes")
+    @app.get(
+        "/v1/vocab",
+        dependencies=guarded,
+        response_model=VocabResult,
+        responses=GET_ERRORS,
+        summary="Search codes",
+    )
     def get_vocab(
         q: str = Query("", max_length=64, description="Code prefix or words of the title"),
         kind: str = Query("diagnoses", pattern="^(diagnoses|procedures|drugs)$"),
@@ -265,10 +300,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json({"detail": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        log.error("internal error while serving a request: %s", type(exc).__name__)
-        return _json({"detail": "internal error (logged without patient data)"}, 500)
 
 
 def _model_card(rec: Any, settings: ServeSettings, icd_version: int) -> dict:
@@ -294,12 +325,24 @@ def _model_card(rec: Any, settings: ServeSettings, icd_version: int) -> dict:
     }
 
 
+FHIR_BUNDLE = {
+    "type": "object",
+    "description": "A FHIR R4 Bundle (see docs/serving.md for the resources read)",
+    "properties": {"resourceType": {"type": "string", "enum": ["Bundle"]}},
+    "required": ["resourceType"],
+}
+
+
 def _body_doc(name: str) -> dict:
     ref = {"$ref": f"#/components/schemas/{name}"}
+    fhir = FHIR_BUNDLE if name == "Patient" else ref
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": ref}, "application/fhir+json": {}},
+            "content": {
+                "application/json": {"schema": ref},
+                "application/fhir+json": {"schema": fhir},
+            },
         }
     }
 
@@ -322,12 +365,14 @@ def _document_patient(app: FastAPI, settings: ServeSettings) -> None:
                 "patients": {
                     "type": "array",
                     "items": {"$ref": "#/components/schemas/Patient"},
+                    "minItems": 1,
                     "maxItems": settings.max_batch,
                 }
             },
             "required": ["patients"],
             "additionalProperties": False,
         }
+        _document_errors(doc, settings)
         text = json.dumps(doc).replace("#/$defs/", "#/components/schemas/")
         app.openapi_schema = json.loads(text)
         return app.openapi_schema
@@ -335,15 +380,36 @@ def _document_patient(app: FastAPI, settings: ServeSettings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def run(recommender: Any, settings: ServeSettings) -> None:
-    """Serve until interrupted. Access log off: paths and queries may carry patient codes."""
-    import uvicorn
+def _document_errors(doc: dict, settings: ServeSettings) -> None:
+    """Every error is ``{"detail": str}`` (FastAPI documents its own list for 422); the token,
+    when set, is a bearer security scheme; 400 (Host) is documented only where it can happen."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    doc["components"]["schemas"].pop("HTTPValidationError", None)
+    doc["components"]["schemas"].pop("ValidationError", None)
+    for path in doc.get("paths", {}).values():
+        for op in path.values():
+            responses = op.get("responses", {})
+            for code, response in responses.items():
+                if code.startswith(("4", "5")):
+                    response["content"] = {"application/json": {"schema": error}}
+            if settings.token is None:
+                responses.pop("401", None)
+            elif "401" in responses:
+                op["security"] = [{"bearer": []}]
+            if settings.token is not None and op.get("requestBody") is None:
+                responses.pop("400", None)
+    if settings.token is not None:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
 
-    uvicorn.run(
+
+def run(recommender: Any, settings: ServeSettings, announce: Any = None) -> None:
+    """Bind (a busy port is a one-line error), call ``announce``, serve until interrupted."""
+    from leader.serve.server import serve
+
+    serve(
         create_app(recommender, settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="info",
-        server_header=False,
+        settings.host,
+        settings.port,
+        settings.head_timeout,
+        announce or (lambda: None),
     )
