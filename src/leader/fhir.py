@@ -64,6 +64,10 @@ SKIPPED_STATUS = {"entered-in-error", "refuted", "cancelled", "not-done"}
 # Real Bundles nest about ten levels (entry.resource.code.coding...); a deeper one is hostile
 # and would exhaust the validator's recursion instead of getting a clear answer.
 MAX_DEPTH = 32
+BUNDLE_TYPES = (
+    "document", "message", "transaction", "transaction-response", "batch", "batch-response",
+    "history", "searchset", "collection",
+)  # FHIR R4's bundle-type value set (fhir.resources accepts any code)
 
 
 def check_depth(obj: Any, limit: int = MAX_DEPTH, where: str = "bundle") -> None:
@@ -88,6 +92,11 @@ def parse_bundle(obj: dict) -> Any:
             f"resourceType: expected a FHIR 'Bundle', got {str(obj.get('resourceType'))[:40]!r}"
         )
     check_depth(obj)
+    if obj.get("type") is not None and obj.get("type") not in BUNDLE_TYPES:
+        raise LeaderError(
+            f"bundle.type: expected one of {', '.join(BUNDLE_TYPES)}, "
+            f"got {str(obj.get('type'))[:40]!r}"
+        )
     try:
         return Bundle.model_validate(obj)
     except RecursionError:

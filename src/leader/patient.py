@@ -92,7 +92,7 @@ def patient_model(limits: Limits = DEFAULT_LIMITS) -> type[BaseModel]:
         ),
     )
     value = _profile_value(limits.max_profile_value_length)
-    age = Annotated[int, Field(ge=0, le=MAX_AGE)] | None
+    age = _age_value()
     profile = type(
         "Profile",
         (BaseModel,),
@@ -137,6 +137,32 @@ def _at_most(n: int) -> Any:
     return classmethod(check)
 
 
+def _whole(v: Any) -> int | None:
+    """A JSON integer (``64``, or ``64.0``: JSON Schema counts it as one), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+def _age_value() -> Any:
+    def check(v: Any) -> int | None:
+        if v is None:
+            return None
+        years = _whole(v)
+        if years is None or not 0 <= years <= MAX_AGE:
+            raise PydanticCustomError(
+                "age", f"expected years as a JSON whole number between 0 and {MAX_AGE}"
+            )
+        return years
+
+    schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_AGE}, {"type": "null"}]}
+    return Annotated[int | None, PlainValidator(check), WithJsonSchema(schema)]
+
+
 def _profile_value(max_length: int) -> Any:
     """A profile value: a short string, a whole number 0-150 or null, with one clear message
     (a plain union reports each branch under a made-up path such as ``constrained-str``)."""
@@ -145,8 +171,9 @@ def _profile_value(max_length: int) -> Any:
     def check(v: Any) -> Any:
         if v is None or (isinstance(v, str) and len(v) <= max_length):
             return v
-        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_AGE:
-            return v
+        number = _whole(v)
+        if number is not None and 0 <= number <= MAX_AGE:
+            return number
         raise PydanticCustomError("profile_value", expected)
 
     schema = {

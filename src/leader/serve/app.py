@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leader import __version__
 from leader.errors import LeaderError
+from leader.fhir import BUNDLE_TYPES
 from leader.patient import CODE_KINDS, patient_json_schema
 from leader.recommend import (
     check_choice,
@@ -172,7 +173,16 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
             raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
-    guarded = [Depends(authorised)]
+    def no_unknown_query(request: Request) -> None:
+        route = request.scope.get("route")
+        known = {p.alias for p in route.dependant.query_params} if route else set()
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            shown = ", ".join(repr(u[:40]) for u in unknown[:3])
+            raise ApiError(422, f"query: unknown parameter(s) {shown} (allowed: {sorted(known)})")
+
+    strict = [Depends(no_unknown_query)]
+    guarded = [Depends(authorised), *strict]
     top_k_q = Query(None, ge=1, le=n_drugs, description="Recommend the k most probable classes")
     threshold_q = Query(None, ge=0.0, le=1.0, description="Override the bundle's threshold")
 
@@ -236,7 +246,8 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     @app.get(
         "/v1/health",
         response_model=Health,
-        responses={400: ERRORS[400]},
+        dependencies=strict,
+        responses={400: ERRORS[400], 422: GET_ERRORS[422]},
         summary="Liveness; no authentication",
     )
     def get_health() -> Response:
@@ -245,7 +256,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     @app.get(
         "/v1/model",
         dependencies=guarded,
-        responses={k: GET_ERRORS[k] for k in (400, 401)},
+        responses=GET_ERRORS,
         summary="Model card, metrics, vocab sizes",
     )
     def get_model() -> Response:
@@ -327,9 +338,24 @@ def _model_card(rec: Any, settings: ServeSettings, icd_version: int) -> dict:
 
 FHIR_BUNDLE = {
     "type": "object",
-    "description": "A FHIR R4 Bundle (see docs/serving.md for the resources read)",
-    "properties": {"resourceType": {"type": "string", "enum": ["Bundle"]}},
-    "required": ["resourceType"],
+    "description": "A FHIR R4 Bundle; its entries' resources (Patient, Encounter, Condition, "
+    "Procedure, MedicationRequest, Medication) follow FHIR R4 and docs/serving.md",
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Bundle"]},
+        "type": {"type": "string", "enum": list(BUNDLE_TYPES)},
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9.-]{1,64}$"},
+        "entry": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"fullUrl": {"type": "string", "pattern": "^urn:uuid:[0-9a-f-]+$"}},
+                "additionalProperties": False,
+                "description": "fullUrl, and a resource (a FHIR R4 resource object)",
+            },
+        },
+    },
+    "required": ["resourceType", "type"],
+    "additionalProperties": False,
 }
 
 
