@@ -134,7 +134,8 @@ async def read_json_body(request: Request, limit: int, timeout: float = 30.0) ->
     try:
         return json_value(body)
     except LeaderError as e:  # "not valid JSON (reason)"
-        raise ApiError(400, f"body: invalid JSON {str(e).removeprefix('not valid JSON ')}") from None
+        reason = str(e).removeprefix("not valid JSON ")
+        raise ApiError(400, f"body: invalid JSON {reason}") from None
 
 
 def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastAPI:
