@@ -49,7 +49,8 @@ def main() -> None:
     try:
         app()
     except LeaderError as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, always
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if e.filename is None:  # not about a path the user gave: a bug, keep the traceback

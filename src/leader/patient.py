@@ -199,7 +199,7 @@ def describe_validation_error(err: ValidationError, where: str = "patient") -> s
     by_path: dict[str, list[str]] = {}
     for e in err.errors():
         loc = [p for p in e["loc"] if isinstance(p, int) or not UNION_BRANCH.search(str(p))]
-        path = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        path = where + "".join(_path_part(p) for p in loc)
         messages = by_path.setdefault(path, [])
         if _message(e) not in messages:
             messages.append(_message(e))
@@ -208,6 +208,17 @@ def describe_validation_error(err: ValidationError, where: str = "patient") -> s
     if more > 0:
         parts.append(f"... and {more} more problems")
     return "; ".join(parts)
+
+
+def _path_part(part: str | int) -> str:
+    """``.name`` or ``[3]``; a key the caller chose is quoted when it is not a plain word, so
+    a newline or a bracket in it cannot break the one-line message or fake a path."""
+    if isinstance(part, int):
+        return f"[{part}]"
+    text = str(part)
+    if text and len(text) <= 40 and re.fullmatch(r"[\w-]+", text, re.ASCII):
+        return f".{text}"
+    return f"[{text[:40]!r}]"
 
 
 def _message(e: dict) -> str:
