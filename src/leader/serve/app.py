@@ -51,7 +51,7 @@ from leader.serve.search import VocabSearch
 
 STATIC = Path(__file__).parent / "static"
 JSON_TYPES = ("application/json", "application/fhir+json")
-CLOSE_AFTER = (400, 401, 413, 415)  # refused before the body was read in full
+CLOSE_AFTER = (400, 401, 408, 413, 415)  # refused before the body was read in full
 ERRORS = {
     400: {"model": ErrorBody, "description": "Invalid JSON, or a Host header not allowed"},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
