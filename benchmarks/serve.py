@@ -9,9 +9,19 @@ and, with a bounded number of requests:
    fields, oversize bodies, deep nesting, wrong or missing token): counts status codes; any 5xx
    is a failure; then checks that the server is still healthy.
 
-    .venv/bin/python benchmarks/serve.py --model MODEL_DIR [--out benchmarks/results/serve.md]
+With ``--soak N`` it runs a hostile soak instead: N requests from ``--clients`` concurrent
+clients, half valid (JSON patients and FHIR Bundles) and half hostile (the cases above plus
+Unicode-digit ages, deeply nested FHIR, unknown query parameters ...), while ``--slow`` connections
+dribble header bytes and as many sit idle, and a monitor polls ``/v1/health`` every 0.25 s.
+Reports requests/s, p50/p99, 5xx (goal 0), the server's RSS before and after, health latency
+during the run, and how soon the slow and idle connections were closed.
 
-Exits non-zero if any hostile request got a 5xx or the server is unhealthy afterwards.
+    .venv/bin/python benchmarks/serve.py --model MODEL_DIR [--out benchmarks/results/serve.md]
+    .venv/bin/python benchmarks/serve.py --model MODEL_DIR --soak 20000 --clients 16 \
+        --out benchmarks/results/serve-soak.md
+
+Exits non-zero if any request got a 5xx or the server is unhealthy afterwards. All traffic
+goes to a server this script starts on a free loopback port, and is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -135,6 +145,206 @@ def hostile_requests(patient: dict) -> list[tuple[str, str, bytes, dict]]:
     return out
 
 
+def fhir_patient(model_dir: Path, rng: random.Random) -> dict:
+    """A FHIR Bundle with two encounters coded from the bundle's vocabulary."""
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    systems = {"icd9": "http://hl7.org/fhir/sid/icd-9-cm", "icd10": "http://hl7.org/fhir/sid/icd-10-cm"}
+    dx = [d["code"] for d in vocab["diagnoses"] if d["code"].split(":")[0] in systems]
+    entries = [{"resource": {"resourceType": "Patient", "id": "p1", "gender": "female",
+                             "birthDate": "1950-06-15"}}]
+    for e, start in enumerate(["2020-01-01T08:00:00Z", "2021-02-01T08:00:00Z"]):
+        entries.append({"resource": {
+            "resourceType": "Encounter", "id": f"e{e}", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "period": {"start": start}}})
+        for code in rng.sample(dx, min(6, len(dx))):
+            version, bare = code.split(":", 1)
+            entries.append({"resource": {
+                "resourceType": "Condition", "subject": {"reference": "Patient/p1"},
+                "encounter": {"reference": f"Encounter/e{e}"},
+                "code": {"coding": [{"system": systems[version], "code": bare}]}}})
+    return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+
+def soak_requests(patient: dict, bundle: dict) -> tuple[list, list]:
+    """(valid, hostile) requests as (name, method, path, body, headers) for the soak."""
+    ok = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    fhir = {**ok, "Content-Type": "application/fhir+json"}
+    p = json.dumps(patient).encode()
+    valid = [
+        ("patient", "POST", "/v1/recommend", p, ok),
+        ("patient top_k", "POST", "/v1/recommend?top_k=5", p, ok),
+        ("FHIR bundle", "POST", "/v1/recommend", json.dumps(bundle).encode(), fhir),
+        ("batch of 4", "POST", "/v1/recommend/batch",
+         json.dumps({"patients": [patient] * 4}).encode(), ok),
+        ("vocab search", "GET", "/v1/vocab?q=hyper&limit=5", None, ok),
+    ]
+    hostile = [(n, "POST", path, b, h) for n, path, b, h in hostile_requests(patient)]
+    deep: dict = {"url": "http://x", "valueString": "v"}
+    for _ in range(122):
+        deep = {"url": "http://x", "extension": [deep]}
+    deep_bundle = json.loads(json.dumps(bundle))
+    deep_bundle["entry"][0]["resource"]["extension"] = [deep]
+    v0 = patient["visits"][-1]
+    for age in ["²", "①", "٣", "200", 200, -1]:
+        body = json.dumps({"profile": {"age": age}, "visits": [v0]}).encode()
+        hostile.append((f"age {age!r}", "POST", "/v1/recommend", body, ok))
+        batch = json.dumps({"patients": [patient, {"profile": {"age": age}, "visits": [v0]}]})
+        hostile.append((f"batch age {age!r}", "POST", "/v1/recommend/batch", batch.encode(), ok))
+    hostile += [
+        ("deep FHIR extension", "POST", "/v1/recommend", json.dumps(deep_bundle).encode(), fhir),
+        ("FHIR born after", "POST", "/v1/recommend", json.dumps({**bundle, "entry": [
+            {"resource": {**bundle["entry"][0]["resource"], "birthDate": "2999-01-01"}},
+            *bundle["entry"][1:]]}).encode(), fhir),
+        ("FHIR bad type", "POST", "/v1/recommend",
+         json.dumps({**bundle, "type": "nonsense"}).encode(), fhir),
+        ("unknown query", "POST", "/v1/recommend?debug=1", p, ok),
+        ("vocab bad kind", "GET", "/v1/vocab?kind=labs", None, ok),
+        ("model card no token", "GET", "/v1/model", None, {}),
+        ("unknown path", "GET", "/v1/admin", None, ok),
+    ]
+    return valid, hostile
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+def slow_connections(port: int, n: int, stop: threading.Event, closed_after: list) -> None:
+    """``n`` connections dribbling a header byte every 0.5 s and ``n`` idle ones; records how
+    long the server took to close each (None: still open when the soak ended)."""
+    conns = []
+    for i in range(2 * n):
+        c = socket.create_connection(("127.0.0.1", port))
+        c.setblocking(False)
+        if i % 2:
+            c.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        conns.append([c, time.perf_counter(), None, bool(i % 2)])
+    while not stop.is_set() and any(x[2] is None for x in conns):
+        for x in conns:
+            c, t0, done, dribble = x
+            if done is not None:
+                continue
+            try:
+                if c.recv(4096) == b"":
+                    x[2] = time.perf_counter() - t0
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                x[2] = time.perf_counter() - t0
+                continue
+            if dribble:
+                try:
+                    c.send(b"a")
+                except OSError:
+                    x[2] = time.perf_counter() - t0
+        stop.wait(0.5)
+    for c, _, done, _ in conns:
+        closed_after.append(done)
+        c.close()
+
+
+def soak(args, model: Path, port: int, server: subprocess.Popen) -> tuple[list[str], bool]:
+    rng = random.Random(0)
+    patient = demo_patient(model, rng)
+    valid, hostile = soak_requests(patient, fhir_patient(model, rng))
+    warm = Client(port)
+    for name, method, path, body, hdrs in valid * 20:
+        status, _ = warm.request(method, path, body, hdrs)
+        assert status == 200, (name, status)
+    rss_before = rss_kib(server.pid)
+    per_client = args.soak // args.clients
+    results: list[tuple[str, int, float]] = []
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        r = random.Random(seed)
+        c = Client(port)
+        mine = []
+        for _ in range(per_client):
+            name, method, path, body, hdrs = r.choice(valid if r.random() < 0.5 else hostile)
+            t0 = time.perf_counter()
+            try:
+                status, _ = c.request(method, path, body, hdrs)
+            except OSError:
+                status = 0  # closed before the body was read (oversize upload)
+            mine.append((name, status, (time.perf_counter() - t0) * 1000))
+        with lock:
+            results.extend(mine)
+
+    stop = threading.Event()
+    health: list[tuple[int, float]] = []
+
+    def monitor() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                status, _ = Client(port).request("GET", "/v1/health")
+            except OSError:
+                status = 0
+            health.append((status, (time.perf_counter() - t0) * 1000))
+            stop.wait(0.25)
+
+    closed_after: list = []
+    side = [threading.Thread(target=monitor),
+            threading.Thread(target=slow_connections, args=(port, args.slow, stop, closed_after))]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
+    for t in side:
+        t.start()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    stop.set()
+    for t in side:
+        t.join()
+    rss_after = rss_kib(server.pid)
+    status, data = Client(port).request("GET", "/v1/health")
+    healthy = status == 200 and json.loads(data)["status"] == "ok"
+
+    latencies = [ms for _, _, ms in results]
+    statuses = Counter(s for _, s, _ in results)
+    five_xx = sum(n for s, n in statuses.items() if s >= 500)
+    by_case: dict[str, Counter] = {}
+    for name, s, _ in results:
+        by_case.setdefault(name, Counter())[s] += 1
+    valid_names = {v[0] for v in valid}
+    valid_bad = sum(n for name, c in by_case.items() if name in valid_names
+                    for s, n in c.items() if s != 200)
+    h_ms = [ms for _, ms in health]
+    h_bad = sum(1 for s, _ in health if s != 200)
+    closed = [x for x in closed_after if x is not None]
+    lines = [
+        f"| requests | {len(results)} from {args.clients} clients in {wall:.1f} s |",
+        f"| throughput | {len(results) / wall:.0f} req/s |",
+        f"| latency p50 / p99 (all requests) | {statistics.median(latencies):.2f} / "
+        f"{percentile(latencies, 0.99):.2f} ms |",
+        f"| 5xx | {five_xx} |",
+        f"| valid requests not answered 200 | {valid_bad} |",
+        f"| status codes | {dict(sorted(statuses.items()))} |",
+        f"| server RSS before / after | {rss_before / 1024:.1f} / {rss_after / 1024:.1f} MiB |",
+        f"| /v1/health during the run | {len(health)} polls, {h_bad} not 200, p50 "
+        f"{statistics.median(h_ms):.1f} ms, p99 {percentile(h_ms, 0.99):.1f} ms, max "
+        f"{max(h_ms):.1f} ms |",
+        f"| slow + idle connections closed by the server | {len(closed)} of {len(closed_after)}"
+        + (f", after {min(closed):.1f}–{max(closed):.1f} s |" if closed else " |"),
+        f"| healthy after | {healthy} |",
+        "",
+        "Status per case:",
+        "",
+    ]
+    lines += [f"- {name}: {dict(sorted(c.items()))}" for name, c in sorted(by_case.items())]
+    ok = five_xx == 0 and healthy and h_bad == 0 and valid_bad == 0
+    ok = ok and len(closed) == len(closed_after)
+    return lines, ok
+
+
 def start_server(model: Path, port: int, token_file: Path) -> subprocess.Popen:
     leader = Path(sys.executable).parent / "leader"
     cmd = [str(leader), "serve", "--model", str(model), "--port", str(port)]
@@ -166,8 +376,13 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--throughput-requests", type=int, default=4000)
     ap.add_argument("--hostile", type=int, default=1000)
+    ap.add_argument("--soak", type=int, default=0, help="run the hostile soak of N requests")
+    ap.add_argument("--slow", type=int, default=50,
+                    help="soak: dribbling connections (and as many idle ones)")
     ap.add_argument("--out", type=Path, help="write a markdown report here")
     args = ap.parse_args()
+    if args.soak:
+        return main_soak(args)
 
     rng = random.Random(0)
     patient = demo_patient(args.model, rng)
@@ -268,6 +483,45 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
     return 0 if five_xx == 0 and still_ok and after == 200 and not failures else 1
+
+
+def main_soak(args) -> int:
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = Path(tmp) / "token"
+        token_file.write_text(TOKEN)
+        token_file.chmod(0o600)
+        port = free_port()
+        server = start_server(args.model, port, token_file)
+        try:
+            table, ok = soak(args, args.model, port, server)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    load_after = os.getloadavg()
+    model = json.loads((args.model / "manifest.json").read_text())["model"]
+    lines = [
+        "# Serving benchmark: hostile soak",
+        "",
+        f"Command: `.venv/bin/python benchmarks/serve.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Model: `{args.model}` ({model}). Half the requests valid (JSON patient, FHIR Bundle, "
+        "batch of 4, vocab search), half hostile; "
+        f"{args.slow} dribbling and {args.slow} idle connections held open meanwhile.",
+        f"Machine: {os.cpu_count()} CPUs, shared with other jobs while measuring "
+        f"(1-min load average {load_before[0]:.1f} before, {load_after[0]:.1f} after); "
+        "client and server on the same cores. One uvicorn worker.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *table,
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

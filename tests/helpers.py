@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 import leader.bundle as bundle
-from leader.fhir import ATC, ICD9, ICD10CM, ICD10PCS, NDC
+from leader.fhir import ATC, ICD9, ICD10CM, ICD10PCS, NDC, PROFILE_EXT
 from leader.models.base import model_class
 
 
@@ -126,3 +126,24 @@ def make_bundle() -> dict:
             entry({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
         ],
     }
+
+
+# --- hostile input ---------------------------------------------------------------------------
+
+NOT_ASCII_DIGITS = [
+    *sorted(c for c in map(chr, range(0x80, 0x3000)) if c.isdigit() and not c.isdecimal())[:20],
+    *map(chr, range(0x660, 0x66A)),  # Arabic-Indic 0-9
+    "\uff11",  # fullwidth 1
+    "\u0967",  # Devanagari 1
+    "1\u0661",  # mixed scripts
+]
+
+
+def age_bundle(age: str | None = None, birth: str | None = None) -> dict:
+    b = make_bundle()
+    pat = b["entry"][0]["resource"]
+    if age is not None:
+        pat["extension"] = [{"url": PROFILE_EXT + "age", "valueString": age}]
+    if birth is not None:
+        pat["birthDate"] = birth
+    return b

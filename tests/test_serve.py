@@ -14,6 +14,7 @@ from leader.patient import Limits
 from leader.serve import ServeSettings, create_app
 
 TOKEN = "s3cret-token-of-some-length"
+LOCAL = "http://127.0.0.1"  # the Host check admits loopback names only
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def rec(bundles):
 
 @pytest.fixture(scope="module")
 def client(rec):
-    return TestClient(create_app(rec, ServeSettings()))
+    return TestClient(create_app(rec, ServeSettings()), base_url=LOCAL)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def small(rec):
     settings = ServeSettings(
         max_body_bytes=4096, max_batch=2, limits=Limits(max_visits=2, max_codes_per_visit=3)
     )
-    return TestClient(create_app(rec, settings))
+    return TestClient(create_app(rec, settings), base_url=LOCAL)
 
 
 def post(client, path, body: bytes | str, ctype="application/json", **kw):
@@ -85,7 +86,7 @@ def test_health_model_vocab_docs_page(client, tiny_data):
 
 
 def test_token_auth(rec, tiny_data):
-    c = TestClient(create_app(rec, ServeSettings(token=TOKEN)))
+    c = TestClient(create_app(rec, ServeSettings(token=TOKEN)), base_url=LOCAL)
     p = simple_patient(tiny_data)
     assert c.post("/v1/recommend", json=p).status_code == 401
     wrong = c.post("/v1/recommend", json=p, headers={"Authorization": "Bearer nope"})
@@ -131,7 +132,7 @@ def test_body_limits(client, small, tiny_data):
         (b'{"visits": [{"diagnoses": null}]}', 422, "diagnoses"),
         (b'{"visits": [{}], "extra": 1}', 422, "patient.extra: unknown field"),
         (b'{"visits": [{}], "profile": {"age": 1e999}}', 422, "profile.age"),
-        (b'{"visits": [{}], "profile": {"age": NaN}}', 422, "profile.age"),
+        (b'{"visits": [{}], "profile": {"age": NaN}}', 400, "NaN is not a JSON number"),
         (b'{"resourceType": "Bundle"}', 422, "invalid FHIR"),
         (b'{"resourceType": "Patient"}', 422, "expected a FHIR 'Bundle'"),
     ],
@@ -178,12 +179,12 @@ def test_concurrent_requests_share_model_calls_and_match_single_answers(bundles,
         {"visits": [{"diagnoses": [], "drugs": [drugs[i], drugs[i + 1]]}, {"diagnoses": []}]}
         for i in range(8)
     ]
-    alone = [TestClient(app).post("/v1/recommend", json=p).json() for p in patients]
+    alone = [TestClient(app, base_url=LOCAL).post("/v1/recommend", json=p).json() for p in patients]
     calls_before = app.state.batcher.calls
 
     async def together():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             return await asyncio.gather(*(client.post("/v1/recommend", json=p) for p in patients))
 
     answers = asyncio.run(together())

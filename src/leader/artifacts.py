@@ -2,7 +2,9 @@
 
 Every artifact (DATA_DIR, TEACHER_DIR, MODEL_DIR, reports) is a directory with a
 ``manifest.json``. It is built in a hidden temporary sibling and renamed into place at the end,
-so a crash never leaves a half-written directory that looks complete.
+so a crash never leaves a half-written directory that looks complete. The temporary names carry
+the writer's process id (``.NAME.tmp-PID-*``, ``.NAME.old-PID``), so the next write to the same
+place removes what a killed writer left behind, and never what a running one is writing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -103,8 +106,16 @@ def read_manifest(directory: str | Path, kind: str, max_format_version: int) -> 
 
 
 def check_can_write(final: str | Path, force: bool) -> Path:
-    """Refuse to overwrite an existing non-empty directory unless ``force``."""
+    """Refuse to overwrite an existing non-empty directory unless ``force``.
+
+    A symbolic link is followed: the artifact is written where it points, and the link stays.
+    """
     final = Path(final)
+    if final.is_symlink():
+        target = Path(os.path.realpath(final))
+        if not target.exists():
+            raise LeaderError(f"{final}: a symbolic link to {target}, which does not exist")
+        final = target
     if final.exists() and not final.is_dir():
         raise LeaderError(f"{final}: exists and is not a directory")
     if final.is_dir() and any(final.iterdir()) and not force:
@@ -119,17 +130,51 @@ def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
     The old ``final`` (with ``force``) is removed only after the new one is complete.
     """
     final = check_can_write(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    except OSError as e:
+        raise LeaderError(f"{final}: cannot write there ({e.strerror or e})") from None
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    try:
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+    except OSError as e:
+        if old.exists() and not final.exists():
+            old.rename(final)  # put the previous artifact back
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = e.strerror or e
+        raise LeaderError(f"{final}: cannot move the new artifact into place ({reason})") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_leftovers(final: Path) -> list[Path]:
+    """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``final`` whose writer is dead."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)(?:-|$)")
+    removed = []
+    for path in final.parent.iterdir() if final.parent.is_dir() else []:
+        m = pattern.match(path.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -8,12 +8,16 @@ bundle is refused on load instead of giving silently wrong recommendations.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors import safe_open
 
 from leader.artifacts import (
     MANIFEST,
@@ -32,6 +36,7 @@ from leader.models.base import MedModel, model_class
 MODEL_KIND = "leader-model"
 MODEL_FORMAT_VERSION = 1
 METRICS_FILE = "metrics.json"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _file_hashes(directory: Path) -> dict[str, str]:
@@ -146,10 +151,59 @@ class Bundle:
         return np.asarray(self.model.predict_proba(samples), dtype=np.float32)
 
 
+def validate_manifest(directory: Path, manifest: dict) -> None:
+    """Check the fields :func:`load` relies on; a bad one is a one-line :class:`LeaderError`.
+
+    A threshold outside [0, 1] or NaN would make every answer empty (or fail to serialise),
+    and ``files`` is what the checksums are verified against, so both are checked up front.
+    """
+    path = directory / MANIFEST
+    threshold = manifest.get("threshold", 0.5)
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not math.isfinite(threshold)
+        or not 0.0 <= threshold <= 1.0
+    ):
+        raise LeaderError(f"{path}: threshold {threshold!r}: expected a number between 0 and 1")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise LeaderError(f"{path}: files: expected an object of file name → SHA-256, non-empty")
+    for rel, digest in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            raise LeaderError(f"{path}: files: {rel[:80]!r} is not a path inside the bundle")
+        if not isinstance(digest, str) or not SHA256.match(digest):
+            raise LeaderError(f"{path}: files[{rel[:80]!r}]: expected a SHA-256 hex digest")
+    if not isinstance(manifest.get("model"), str):
+        raise LeaderError(f"{path}: model: expected the model's name")
+
+
+def check_finite_weights(directory: Path, manifest: dict) -> None:
+    """Refuse weights holding NaN or infinity: they pass the checksums if the manifest was
+    rewritten, and every answer would then carry non-finite probabilities."""
+    for rel in manifest["files"]:
+        if not rel.endswith(".safetensors"):
+            continue
+        try:
+            with safe_open(str(directory / rel), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    values = f.get_tensor(name)
+                    if values.is_floating_point() and not torch.isfinite(values).all():
+                        raise LeaderError(
+                            f"{directory / rel}: tensor {name!r} holds NaN or infinite values"
+                        )
+        except LeaderError:
+            raise
+        except Exception as e:  # a header or dtype safetensors cannot read
+            raise LeaderError(f"{directory / rel}: not readable weights ({e})") from None
+
+
 def load(directory: str | Path, verify: bool = True) -> Bundle:
     """Load a MODEL_DIR; refuse one that is damaged or from an unreadable format."""
     directory = Path(directory)
     manifest = read_manifest(directory, MODEL_KIND, MODEL_FORMAT_VERSION)
+    validate_manifest(directory, manifest)
     if verify:
         expected = manifest.get("files", {})
         for rel, digest in expected.items():
@@ -158,6 +212,7 @@ def load(directory: str | Path, verify: bool = True) -> Bundle:
                 raise LeaderError(f"{path}: missing from the bundle; it is damaged")
             if sha256_file(path) != digest:
                 raise LeaderError(f"{path}: checksum does not match the manifest; bundle damaged")
+        check_finite_weights(directory, manifest)
     data = manifest.get("data", {})
     schema = Schema.load(directory, source=data.get("source", ""), data_hash=data.get("hash", ""))
     cls = model_class(str(manifest.get("model")))

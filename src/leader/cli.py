@@ -56,7 +56,13 @@ def main() -> None:
         print(f"error: {where}: {field}{e.detail}", file=sys.stderr)
         sys.exit(2)
     except LeaderError as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = str(e).replace("\r", "\\r").replace("\n", "\\n")  # one line, always
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug, keep the traceback
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

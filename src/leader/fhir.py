@@ -61,6 +61,26 @@ MARITAL = {
 }
 LANGUAGE = {"en": "ENGL", "es": "SPAN", "ru": "RUSS", "pt": "PORT", "zh": "CANT"}
 SKIPPED_STATUS = {"entered-in-error", "refuted", "cancelled", "not-done"}
+# Real Bundles nest about ten levels (entry.resource.code.coding...); a deeper one is hostile
+# and would exhaust the validator's recursion instead of getting a clear answer.
+MAX_DEPTH = 32
+BUNDLE_TYPES = (
+    "document", "message", "transaction", "transaction-response", "batch", "batch-response",
+    "history", "searchset", "collection",
+)  # FHIR R4's bundle-type value set (fhir.resources accepts any code)
+
+
+def check_depth(obj: Any, limit: int = MAX_DEPTH, where: str = "bundle") -> None:
+    """Refuse JSON nested deeper than ``limit`` (iteratively: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise LeaderError(f"{where}: nested more than {limit} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def parse_bundle(obj: dict) -> Any:
@@ -71,8 +91,16 @@ def parse_bundle(obj: dict) -> Any:
         raise LeaderError(
             f"resourceType: expected a FHIR 'Bundle', got {str(obj.get('resourceType'))[:40]!r}"
         )
+    check_depth(obj)
+    if obj.get("type") is not None and obj.get("type") not in BUNDLE_TYPES:
+        raise LeaderError(
+            f"bundle.type: expected one of {', '.join(BUNDLE_TYPES)}, "
+            f"got {str(obj.get('type'))[:40]!r}"
+        )
     try:
         return Bundle.model_validate(obj)
+    except RecursionError:
+        raise LeaderError(f"bundle: nested more than {MAX_DEPTH} levels deep") from None
     except ValidationError as e:
         problems = describe_validation_error(e, "bundle")
         raise LeaderError(f"invalid FHIR Bundle: {problems}") from None
@@ -126,6 +154,16 @@ def bundle_to_patient(obj: dict, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, 
     if patients and patients[0][2].id:
         patient["id"] = str(patients[0][2].id)[:128]
     return validate_patient(patient, limits, where="patient (from the FHIR bundle)"), warnings
+
+
+def _age(text: str) -> int:
+    """The age extension's valueString: ASCII digits only (``"²"`` is a digit to Python)."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 3):
+        raise LeaderError(
+            f"Patient.extension {PROFILE_EXT}age: expected years as digits, got {value[:20]!r}"
+        )
+    return int(value)
 
 
 def _ordered_encounters(encounters: list[tuple[int, str, Any]]) -> list[tuple[int, str, Any]]:
@@ -208,9 +246,12 @@ def _profile(patient: Any, encounters: list, warnings: list[str]) -> dict[str, A
         if starts:
             at = max(_as_datetime(s) for s in starts).date()
             born = _as_datetime(patient.birthDate).date()
-            profile["age"] = max(
-                0, min(150, at.year - born.year - ((at.month, at.day) < (born.month, born.day)))
-            )
+            if born > at:
+                raise LeaderError(
+                    f"Patient.birthDate {born.isoformat()} is after the last encounter "
+                    f"({at.isoformat()}); expected a date of birth before the visits"
+                )
+            profile["age"] = at.year - born.year - ((at.month, at.day) < (born.month, born.day))
         else:
             warnings.append("profile.age: no encounter date to compute it from; unknown")
     if patient.maritalStatus and patient.maritalStatus.coding:
@@ -234,5 +275,6 @@ def _profile(patient: Any, encounters: list, warnings: list[str]) -> dict[str, A
             if text:
                 profile["religion"] = str(text).upper()
         elif url.startswith(PROFILE_EXT) and ext.valueString is not None:
-            profile[url.removeprefix(PROFILE_EXT)] = str(ext.valueString)
+            field = url.removeprefix(PROFILE_EXT)
+            profile[field] = _age(ext.valueString) if field == "age" else str(ext.valueString)
     return profile

@@ -26,7 +26,18 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from leader.data.dataset import Schema
 from leader.data.drugs import ndc_map
@@ -38,6 +49,9 @@ ICD_PREFIX = re.compile(r"^icd(9|10):", re.IGNORECASE)
 ATC_CODE = re.compile(r"^[A-Z]\d\d[A-Z]")
 NDC_CODE = re.compile(r"^\d[\d-]{0,12}$")
 MAX_ERRORS_SHOWN = 5
+MAX_AGE = 150
+# pydantic names the branch of a union that failed (``x.constrained-str``); not a field path
+UNION_BRANCH = re.compile(r"^(constrained-|function-)|\[|^(str|int|float|bool|none)$")
 
 
 @dataclass(frozen=True)
@@ -78,10 +92,22 @@ def patient_model(limits: Limits = DEFAULT_LIMITS) -> type[BaseModel]:
             Field(None, description="ICD version of this visit's bare codes"),
         ),
     )
-    value = (
-        Annotated[str, Field(max_length=limits.max_profile_value_length)]
-        | Annotated[int, Field(ge=0, le=150)]
-        | None
+    value = _profile_value(limits.max_profile_value_length)
+    age = _age_value()
+    profile = type(
+        "Profile",
+        (BaseModel,),
+        {
+            "__doc__": "Profile fields, e.g. gender, age (years, a whole number), insurance.",
+            "__annotations__": {"__pydantic_extra__": dict[str, value], "age": age},
+            "model_config": ConfigDict(
+                extra="allow",
+                strict=True,
+                json_schema_extra={"maxProperties": limits.max_profile_fields},
+            ),
+            "age": Field(None, description="Age in years: a JSON integer, 0 to 150"),
+            "limit_fields": model_validator(mode="before")(_at_most(limits.max_profile_fields)),
+        },
     )
     return create_model(
         "Patient",
@@ -92,17 +118,73 @@ def patient_model(limits: Limits = DEFAULT_LIMITS) -> type[BaseModel]:
             Field(None, description="Caller's identifier, echoed back; never used by the model"),
         ),
         profile=(
-            Annotated[dict[str, value], Field(max_length=limits.max_profile_fields)],
-            Field(
-                default_factory=dict,
-                description="Profile fields, e.g. gender, age (years, int), insurance",
-            ),
+            # validated as a model (so ``age`` has its own type), kept as the plain dict given
+            Annotated[profile, AfterValidator(lambda m: m.model_dump(exclude_unset=True))],
+            Field(default_factory=dict, description="Profile fields; unknown ones are ignored"),
         ),
         visits=(
             Annotated[list[visit], Field(min_length=1, max_length=limits.max_visits)],
             Field(description="Visits, oldest first; at least one"),
         ),
     )
+
+
+def _at_most(n: int) -> Any:
+    def check(cls: type, v: Any) -> Any:
+        if isinstance(v, dict) and len(v) > n:
+            raise PydanticCustomError("too_many_fields", f"too many fields (at most {n})")
+        return v
+
+    return classmethod(check)
+
+
+def _whole(v: Any) -> int | None:
+    """A JSON integer (``64``, or ``64.0``: JSON Schema counts it as one), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+def _age_value() -> Any:
+    def check(v: Any) -> int | None:
+        if v is None:
+            return None
+        years = _whole(v)
+        if years is None or not 0 <= years <= MAX_AGE:
+            raise PydanticCustomError(
+                "age", f"expected years as a JSON whole number between 0 and {MAX_AGE}"
+            )
+        return years
+
+    schema = {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_AGE}, {"type": "null"}]}
+    return Annotated[int | None, PlainValidator(check), WithJsonSchema(schema)]
+
+
+def _profile_value(max_length: int) -> Any:
+    """A profile value: a short string, a whole number 0-150 or null, with one clear message
+    (a plain union reports each branch under a made-up path such as ``constrained-str``)."""
+    expected = f"expected a string (at most {max_length} characters), a whole number or null"
+
+    def check(v: Any) -> Any:
+        if v is None or (isinstance(v, str) and len(v) <= max_length):
+            return v
+        number = _whole(v)
+        if number is not None and 0 <= number <= MAX_AGE:
+            return number
+        raise PydanticCustomError("profile_value", expected)
+
+    schema = {
+        "anyOf": [
+            {"type": "string", "maxLength": max_length},
+            {"type": "integer", "minimum": 0, "maximum": MAX_AGE},
+            {"type": "null"},
+        ]
+    }
+    return Annotated[str | int | None, PlainValidator(check), WithJsonSchema(schema)]
 
 
 Patient = patient_model()
@@ -115,18 +197,35 @@ def patient_json_schema(limits: Limits = DEFAULT_LIMITS) -> dict:
 
 def describe_validation_error(err: ValidationError, where: str = "patient") -> str:
     """One readable line per problem, naming the field path; the input value is not echoed."""
-    parts = []
-    for e in err.errors()[:MAX_ERRORS_SHOWN]:
-        path = where + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"])
-        parts.append(f"{path}: {_message(e)}")
-    more = len(err.errors()) - MAX_ERRORS_SHOWN
+    by_path: dict[str, list[str]] = {}
+    for e in err.errors():
+        loc = [p for p in e["loc"] if isinstance(p, int) or not UNION_BRANCH.search(str(p))]
+        path = where + "".join(_path_part(p) for p in loc)
+        messages = by_path.setdefault(path, [])
+        if _message(e) not in messages:
+            messages.append(_message(e))
+    parts = [f"{path}: {' or '.join(m)}" for path, m in list(by_path.items())[:MAX_ERRORS_SHOWN]]
+    more = len(by_path) - MAX_ERRORS_SHOWN
     if more > 0:
         parts.append(f"... and {more} more problems")
     return "; ".join(parts)
 
 
+def _path_part(part: str | int) -> str:
+    """``.name`` or ``[3]``; a key the caller chose is quoted when it is not a plain word, so
+    a newline or a bracket in it cannot break the one-line message or fake a path."""
+    if isinstance(part, int):
+        return f"[{part}]"
+    text = str(part)
+    if text and len(text) <= 40 and re.fullmatch(r"[\w-]+", text, re.ASCII):
+        return f".{text}"
+    return f"[{text[:40]!r}]"
+
+
 def _message(e: dict) -> str:
     kind, ctx = e["type"], e.get("ctx") or {}
+    if kind == "too_big" and e["loc"] and e["loc"][-1] == "age":
+        return f"expected years between 0 and {MAX_AGE}"
     if kind == "extra_forbidden":
         return (
             "unknown field (allowed: profile, visits, id; in a visit: diagnoses, "
@@ -254,11 +353,7 @@ class PatientReader:
         profile: dict[str, Any] = {}
         for f in fields:
             value = given.get(f)
-            if f == "age":
-                if isinstance(value, str):
-                    value = int(value) if value.strip().isdigit() else None
-                    if value is None and given.get(f):
-                        warnings.append("profile.age: expected years as a number; ignored")
+            if f == "age":  # validated: a whole number 0-150 or None
                 profile[f] = value
                 continue
             if value is not None and str(value) not in self.schema.profile_vocab[f]:

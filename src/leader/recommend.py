@@ -71,14 +71,44 @@ def is_fhir(obj: Any) -> bool:
     return isinstance(obj, dict) and "resourceType" in obj
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def json_value(data: bytes | str) -> Any:
+    """Standard JSON → a value, or :class:`LeaderError` with a short reason (no ``NaN``, no
+    number longer than Python converts, no nesting deeper than the parser's recursion)."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        reason = "nested too deeply"
+    except json.JSONDecodeError as e:
+        reason = f"{e.msg} at line {e.lineno} column {e.colno}"
+    except UnicodeDecodeError as e:
+        reason = f"not UTF-8 text (byte {e.start})"
+    except ValueError as e:
+        text = str(e)
+        reason = "a number with too many digits" if "digits" in text else text[:200]
+    raise LeaderError(f"not valid JSON ({reason})")
+
+
 def read_json_file(path: Path) -> Any:
     """A patient file: JSON (patient or FHIR Bundle); errors name the file."""
     if not path.is_file():
         raise LeaderError(f"{path}: file not found")
     try:
-        return json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as e:
-        raise LeaderError(f"{path}: not valid JSON ({str(e)[:200]})") from None
+        return json_value(path.read_bytes())
+    except LeaderError as e:
+        raise LeaderError(f"{path}: {e}") from None
+    except OSError as e:
+        raise LeaderError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _open_output(tmp: Path, out: Path) -> Any:
+    try:
+        return tmp.open("w")
+    except OSError as e:
+        raise LeaderError(f"{out}: cannot write ({e.strerror})") from None
 
 
 @dataclass(eq=False)
@@ -221,13 +251,17 @@ class Recommender(Bundle):
         check_choice(top_k, threshold)
         if not src.is_file():
             raise LeaderError(f"{src}: file not found")
-        if out.exists() and not force:
+        if out.is_dir():
+            raise LeaderError(f"{out}: is a directory; expected a file name for the JSONL output")
+        if (out.exists() or out.is_symlink()) and not force:
             raise LeaderError(f"{out}: already exists; use --force to replace it")
+        if not out.parent.is_dir():
+            raise LeaderError(f"{out}: directory {out.parent} does not exist")
         errors: list[dict] = []
         n_ok = 0
         tmp = out.with_name(f".{out.name}.tmp")
         try:
-            with src.open("rb") as lines, tmp.open("w") as sink:
+            with src.open("rb") as lines, _open_output(tmp, out) as sink:
                 pending: list[tuple[int, bytes]] = []
                 for n, raw in enumerate(lines, start=1):
                     if raw.strip():
@@ -239,6 +273,8 @@ class Recommender(Bundle):
                         progress(len(raw))
                 n_ok += self._score_lines(pending, sink, errors, top_k, threshold)
             tmp.replace(out)
+        except OSError as e:
+            raise LeaderError(f"{e.filename or out}: {e.strerror or e}") from None
         finally:
             tmp.unlink(missing_ok=True)
         return n_ok, errors
@@ -255,9 +291,9 @@ class Recommender(Bundle):
         parsed = []
         for n, raw in lines:
             try:
-                obj = json.loads(raw)
-            except (ValueError, RecursionError) as e:
-                records.append((n, {"line": n, "error": f"line {n}: not valid JSON ({e})"}))
+                obj = json_value(raw)
+            except LeaderError as e:
+                records.append((n, {"line": n, "error": f"line {n}: {e}"}))
                 continue
             try:
                 parsed.append(self.read(obj, f"line{n}"))

@@ -149,6 +149,14 @@ def serve_command(
             min=1, help="Torch threads per request; 1 suits concurrent small requests best"
         ),
     ] = 1,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Without a token, a Host header name to accept besides the loopback names "
+            "(repeatable)",
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API and the web page for one model bundle."""
     import torch
@@ -165,9 +173,20 @@ def serve_command(
             "this port can query the model"
         )
     rec = Recommender.load(model)
-    settings = ServeSettings(host=host, port=port, token=token, max_body_bytes=max_body_bytes)
-    console.print(f"serving {rec.name} on http://{host}:{port}/ (API docs at /docs)")
-    run(rec, settings)
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        token=token,
+        max_body_bytes=max_body_bytes,
+        allowed_hosts=tuple(allowed_host or ()),
+    )
+    run(
+        rec,
+        settings,
+        announce=lambda: console.print(
+            f"serving {rec.name} on http://{host}:{port}/ (API docs at /docs)"
+        ),
+    )
 
 
 def read_token(path: Path) -> str:

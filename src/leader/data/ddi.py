@@ -51,6 +51,8 @@ def load_pairs(path: str | Path | None = None) -> tuple[list[tuple[str, str]], s
         raise LeaderError(
             f"{path} row {row}: expected an ATC level-3 code like N02B, got {value!r}"
         )
+    if not table.height:
+        raise LeaderError(f"{path}: no pairs (only a header); expected rows of two ATC3 codes")
     pairs = table.filter(pl.col("a") != pl.col("b")).select(
         pl.min_horizontal("a", "b").alias("a"), pl.max_horizontal("a", "b").alias("b")
     )

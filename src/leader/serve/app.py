@@ -4,18 +4,20 @@ Every bad request gets a 4xx with a one-line ``detail`` naming the problem: the 
 by hand (Content-Length checked, then the streamed size, then JSON, then the strict patient
 schema), so a hostile request costs little and never reaches the model. Patient data never
 goes to the logs: uvicorn's access log is off (see :func:`run`) and unexpected errors are
-logged by exception type only.
+logged by exception type only (:class:`leader.serve.guards.ErrorBoundary`). Without a token,
+the Host header must name this server (:class:`leader.serve.guards.HostCheck`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -24,9 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from leader import __version__
 from leader.data.vocab import CODE_KINDS
 from leader.errors import LeaderError
+from leader.fhir import BUNDLE_TYPES
 from leader.patient import patient_json_schema
-from leader.recommend import Recommender, check_choice
+from leader.recommend import Recommender, check_choice, is_fhir, json_value
 from leader.serve.batching import MicroBatcher
+from leader.serve.guards import LOOPBACK_NAMES, ErrorBoundary, HostCheck
 from leader.serve.schemas import (
     BatchResponse,
     ErrorBody,
@@ -39,14 +43,18 @@ from leader.serve.search import VocabSearch
 
 STATIC = Path(__file__).parent / "static"
 JSON_TYPES = ("application/json", "application/fhir+json")
-CLOSE_AFTER = (400, 401, 413, 415)  # refused before the body was read in full
-log = logging.getLogger("leader.serve")
+CLOSE_AFTER = (400, 401, 408, 413, 415)  # refused before the body was read in full
 ERRORS = {
-    400: {"model": ErrorBody, "description": "Invalid JSON"},
+    400: {"model": ErrorBody, "description": "Invalid JSON, or a Host header not allowed"},
     401: {"model": ErrorBody, "description": "Missing or wrong bearer token"},
+    408: {"model": ErrorBody, "description": "Body not received in time"},
     413: {"model": ErrorBody, "description": "Body over the size limit"},
     415: {"model": ErrorBody, "description": "Not a JSON content type"},
     422: {"model": ErrorBody, "description": "Valid JSON, but not a valid patient"},
+}
+# the responses of every operation that takes no body (Host check, auth, query parameters)
+GET_ERRORS = {k: ERRORS[k] for k in (400, 401)} | {
+    422: {"model": ErrorBody, "description": "Invalid query parameter"}
 }
 
 
@@ -91,8 +99,8 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing oversize, non-JSON and malformed bodies with a 4xx."""
+async def read_json_body(request: Request, limit: int, timeout: float = 30.0) -> Any:
+    """The request body as JSON, refusing oversize, non-JSON, malformed and slow bodies (4xx)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSON_TYPES and not ctype.endswith("+json"):
         raise ApiError(415, "expected Content-Type: application/json (or application/fhir+json)")
@@ -103,20 +111,23 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if int(length) > limit:
             raise ApiError(413, f"body: {length} bytes is over the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body: over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"body: over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"body: not received within {timeout:g} s") from None
     body = b"".join(chunks)
     if not body.strip():
         raise ApiError(400, "body: empty; expected a JSON patient or FHIR Bundle")
     try:
-        return json.loads(body)
-    except RecursionError:
-        raise ApiError(400, "body: invalid JSON (nested too deeply)") from None
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int too large
-        raise ApiError(400, f"body: invalid JSON ({str(e)[:200]})") from None
+        return json_value(body)
+    except LeaderError as e:  # "not valid JSON (reason)"
+        reason = str(e).removeprefix("not valid JSON ")
+        raise ApiError(400, f"body: invalid JSON {reason}") from None
 
 
 def create_app(recommender: Recommender, settings: ServeSettings | None = None) -> FastAPI:
@@ -139,6 +150,12 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
     )
     app.state.batcher = batcher  # read by tests and anyone monitoring batch sizes
     app.add_middleware(SecurityHeaders)
+    if token is None:  # with a token, a rebinding page cannot authenticate anyway
+        allowed = (*LOOPBACK_NAMES, *settings.allowed_hosts)
+        if settings.host not in ("0.0.0.0", "::", ""):
+            allowed = (*allowed, settings.host)
+        app.add_middleware(HostCheck, allowed=allowed)
+    app.add_middleware(ErrorBoundary)
     _install_error_handlers(app)
 
     def authorised(request: Request) -> None:
@@ -149,7 +166,16 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
             raise ApiError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
 
-    guarded = [Depends(authorised)]
+    def no_unknown_query(request: Request) -> None:
+        route = request.scope.get("route")
+        known = {p.alias for p in route.dependant.query_params} if route else set()
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            shown = ", ".join(repr(u[:40]) for u in unknown[:3])
+            raise ApiError(422, f"query: unknown parameter(s) {shown} (allowed: {sorted(known)})")
+
+    strict = [Depends(no_unknown_query)]
+    guarded = [Depends(authorised), *strict]
     top_k_q = Query(None, ge=1, le=n_drugs, description="Recommend the k most probable classes")
     threshold_q = Query(None, ge=0.0, le=1.0, description="Override the bundle's threshold")
 
@@ -159,7 +185,10 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
         only made them contend for the GIL and the two cores), build the outputs."""
         try:
             check_choice(top_k, threshold)
-            parsed = recommender.read_many(patients, settings.limits)
+            if len(patients) > 1 or is_fhir(patients[0]):  # validating Bundles takes long:
+                parsed = await run_in_threadpool(recommender.read_many, patients, settings.limits)
+            else:  # one plain patient reads faster than a hop to the thread pool
+                parsed = recommender.read_many(patients, settings.limits)
         except LeaderError as e:
             raise ApiError(422, str(e)) from None
         probs = await batcher.probabilities([sample for sample, _ in parsed])
@@ -176,7 +205,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
     async def recommend(
         request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
     ) -> Response:
-        patient = await read_json_body(request, settings.max_body_bytes)
+        patient = await read_json_body(request, settings.max_body_bytes, settings.body_timeout)
         return _json((await answer([patient], top_k, threshold))[0])
 
     @app.post(
@@ -190,7 +219,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
     async def recommend_batch(
         request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
     ) -> Response:
-        body = await read_json_body(request, settings.max_body_bytes)
+        body = await read_json_body(request, settings.max_body_bytes, settings.body_timeout)
         if not isinstance(body, dict) or set(body) != {"patients"}:
             raise ApiError(422, 'body: expected {"patients": [patient, ...]} and nothing else')
         patients = body["patients"]
@@ -200,15 +229,32 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
             raise ApiError(422, f"patients: too many items (at most {settings.max_batch})")
         return _json({"results": await answer(patients, top_k, threshold)})
 
-    @app.get("/v1/health", response_model=Health, summary="Liveness; no authentication")
+    @app.get(
+        "/v1/health",
+        response_model=Health,
+        dependencies=strict,
+        responses={400: ERRORS[400], 422: GET_ERRORS[422]},
+        summary="Liveness; no authentication",
+    )
     def get_health() -> Response:
         return _json(health)
 
-    @app.get("/v1/model", dependencies=guarded, summary="Model card, metrics, vocab sizes")
+    @app.get(
+        "/v1/model",
+        dependencies=guarded,
+        responses=GET_ERRORS,
+        summary="Model card, metrics, vocab sizes",
+    )
     def get_model() -> Response:
         return _json(card)
 
-    @app.get("/v1/vocab", dependencies=guarded, response_model=VocabResult, summary="Search codes")
+    @app.get(
+        "/v1/vocab",
+        dependencies=guarded,
+        response_model=VocabResult,
+        responses=GET_ERRORS,
+        summary="Search codes",
+    )
     def get_vocab(
         q: str = Query("", max_length=64, description="Code prefix or words of the title"),
         kind: str = Query("diagnoses", pattern="^(diagnoses|procedures|drugs)$"),
@@ -251,10 +297,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         return _json({"detail": str(exc.detail)}, exc.status_code, getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> Response:
-        log.error("internal error while serving a request: %s", type(exc).__name__)
-        return _json({"detail": "internal error (logged without patient data)"}, 500)
 
 
 def _model_card(rec: Recommender, settings: ServeSettings, icd_version: int) -> dict:
@@ -280,12 +322,39 @@ def _model_card(rec: Recommender, settings: ServeSettings, icd_version: int) -> 
     }
 
 
+FHIR_BUNDLE = {
+    "type": "object",
+    "description": "A FHIR R4 Bundle; its entries' resources (Patient, Encounter, Condition, "
+    "Procedure, MedicationRequest, Medication) follow FHIR R4 and docs/serving.md",
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["Bundle"]},
+        "type": {"type": "string", "enum": list(BUNDLE_TYPES)},
+        "id": {"type": "string", "pattern": "^[A-Za-z0-9.-]{1,64}$"},
+        "entry": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"fullUrl": {"type": "string", "pattern": "^urn:uuid:[0-9a-f-]+$"}},
+                "additionalProperties": False,
+                "description": "fullUrl, and a resource (a FHIR R4 resource object)",
+            },
+        },
+    },
+    "required": ["resourceType", "type"],
+    "additionalProperties": False,
+}
+
+
 def _body_doc(name: str) -> dict:
     ref = {"$ref": f"#/components/schemas/{name}"}
+    fhir = FHIR_BUNDLE if name == "Patient" else ref
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": ref}, "application/fhir+json": {}},
+            "content": {
+                "application/json": {"schema": ref},
+                "application/fhir+json": {"schema": fhir},
+            },
         }
     }
 
@@ -308,12 +377,14 @@ def _document_patient(app: FastAPI, settings: ServeSettings) -> None:
                 "patients": {
                     "type": "array",
                     "items": {"$ref": "#/components/schemas/Patient"},
+                    "minItems": 1,
                     "maxItems": settings.max_batch,
                 }
             },
             "required": ["patients"],
             "additionalProperties": False,
         }
+        _document_errors(doc, settings)
         text = json.dumps(doc).replace("#/$defs/", "#/components/schemas/")
         app.openapi_schema = json.loads(text)
         return app.openapi_schema
@@ -321,15 +392,36 @@ def _document_patient(app: FastAPI, settings: ServeSettings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def run(recommender: Any, settings: ServeSettings) -> None:
-    """Serve until interrupted. Access log off: paths and queries may carry patient codes."""
-    import uvicorn
+def _document_errors(doc: dict, settings: ServeSettings) -> None:
+    """Every error is ``{"detail": str}`` (FastAPI documents its own list for 422); the token,
+    when set, is a bearer security scheme; 400 (Host) is documented only where it can happen."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    doc["components"]["schemas"].pop("HTTPValidationError", None)
+    doc["components"]["schemas"].pop("ValidationError", None)
+    for path in doc.get("paths", {}).values():
+        for op in path.values():
+            responses = op.get("responses", {})
+            for code, response in responses.items():
+                if code.startswith(("4", "5")):
+                    response["content"] = {"application/json": {"schema": error}}
+            if settings.token is None:
+                responses.pop("401", None)
+            elif "401" in responses:
+                op["security"] = [{"bearer": []}]
+            if settings.token is not None and op.get("requestBody") is None:
+                responses.pop("400", None)
+    if settings.token is not None:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
 
-    uvicorn.run(
+
+def run(recommender: Any, settings: ServeSettings, announce: Any = None) -> None:
+    """Bind (a busy port is a one-line error), call ``announce``, serve until interrupted."""
+    from leader.serve.server import serve
+
+    serve(
         create_app(recommender, settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,
-        log_level="info",
-        server_header=False,
+        settings.host,
+        settings.port,
+        settings.head_timeout,
+        announce or (lambda: None),
     )

@@ -26,6 +26,9 @@ class ServeSettings:
     max_body_bytes: int = MIB
     max_batch: int = 100
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    allowed_hosts: tuple[str, ...] = ()  # Host header names besides loopback (no-token mode)
+    head_timeout: float = 10.0  # seconds for a request's head, after connecting or a response
+    body_timeout: float = 30.0  # seconds for a request's body
 
 
 class DrugScore(BaseModel):
