@@ -185,7 +185,11 @@ def fit_model(
     identity = {"model": model.name, "config": model.config.identity(),
                 "data": data.data_hash, "teacher": _teacher_hash(features, teacher)}
     if main:
-        prepare_run_dir(run_dir, identity, force)
+        try:
+            prepare_run_dir(run_dir, identity, force)
+        except OSError as e:
+            raise LeaderError(f"{out}: cannot create its run directory {run_dir.name} beside it "
+                              f"({e.strerror or e})") from None
 
     t0 = time.perf_counter()
     model.fit(data, FitContext(run_dir, progress, on_step, features))
