@@ -31,7 +31,10 @@ from leader.artifacts import sha256_file
 
 N = int(os.environ.get("LEADER_FAULT_N", "5"))
 SEED = 13
-VOLATILE = re.compile(r"^(created|versions)$|_ms(_|$)|seconds")  # when, with what, how fast
+# when, with what, how fast; the running loss (averaged since the last log or resume); and the
+# training log digest in the manifest (its lines are
+# compared on their own, see content())
+VOLATILE = re.compile(r"^(created|versions|train_log\.jsonl)$|_ms(_|$)|seconds|_per_s$")
 
 
 def stable(value):
@@ -47,6 +50,10 @@ def content(path: Path) -> str:
     """A file's content, up to what legitimately varies between identical runs."""
     if path.suffix == ".json":
         return json.dumps(stable(json.loads(path.read_text())), sort_keys=True)
+    if path.suffix == ".jsonl":  # a resumed run logs again the steps after its last checkpoint
+        records = [stable(json.loads(line)) for line in path.read_text().splitlines()]
+        last = {(r.get("step"), tuple(sorted(r))): r for r in records}
+        return json.dumps(sorted(last.values(), key=lambda r: json.dumps(r, sort_keys=True)))
     if path.suffix == ".safetensors":  # the header's metadata order is not fixed
         h = hashlib.sha256()
         with safe_open(str(path), framework="pt") as f:
