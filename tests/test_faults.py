@@ -32,9 +32,8 @@ from leader.artifacts import sha256_file
 N = int(os.environ.get("LEADER_FAULT_N", "5"))
 SEED = 13
 # when, with what, how fast; the running loss (averaged since the last log or resume); and the
-# training log digest in the manifest (its lines are
-# compared on their own, see content())
-VOLATILE = re.compile(r"^(created|versions|train_log\.jsonl)$|_ms(_|$)|seconds|_per_s$")
+# training log's digest in the manifest (its lines are compared on their own, see content())
+VOLATILE = re.compile(r"^(created|versions|train_log\.jsonl|loss)$|_ms(_|$)|seconds|_per_s$")
 
 
 def stable(value):
