@@ -7,7 +7,8 @@ Python API (``Recommender.recommend``), the CLI and the REST service. Output of 
      "ranked": [{"code", "name", "probability"}, ...],          # every drug class, best first
      "recommended": [code, ...],                                # probability >= threshold, or top_k
      "ddi_warnings": [{"drugs": [a, b], "names": [..]}, ...],   # interacting pairs in that set
-     "threshold", "top_k", "warnings": [str, ...]}              # unknown codes etc.
+     "threshold", "top_k", "warnings": [str, ...],              # unknown codes etc.
+     "explanation": {...}}                                      # only with explain (leader.explain)
 """
 
 from __future__ import annotations
@@ -91,11 +92,12 @@ def recommend_samples(
     parsed: Sequence[tuple[Sample, list[str]]],
     top_k: int | None = None,
     threshold: float | None = None,
+    explain: bool = False,
 ) -> list[dict]:
     """Score already-mapped samples in one model call and build each output."""
     check_choice(top_k, threshold)
     probs = rec.predict_proba([s for s, _ in parsed])
-    return outputs(rec, parsed, probs, top_k, threshold)
+    return outputs(rec, parsed, probs, top_k, threshold, explain)
 
 
 def outputs(
@@ -104,11 +106,13 @@ def outputs(
     probs: np.ndarray,
     top_k: int | None = None,
     threshold: float | None = None,
+    explain: bool = False,
 ) -> list[dict]:
-    """The recommendation of each parsed patient from its row of ``probs``."""
+    """The recommendation of each parsed patient from its row of ``probs``; with ``explain``,
+    the reasons behind each recommended class (:mod:`leader.explain`)."""
     cut = rec.threshold if threshold is None else threshold
     model = model_info(rec)
-    return [
+    results = [
         {
             "patient_id": sample.patient_id,
             "model": model,
@@ -119,6 +123,11 @@ def outputs(
         }
         for i, (sample, warnings) in enumerate(parsed)
     ]
+    if explain:
+        from leader.explain import attach
+
+        attach(rec.model, [s for s, _ in parsed], probs, results)
+    return results
 
 
 def recommend_many(
@@ -170,7 +179,11 @@ def read_json_file(path: Path) -> Any:
 
 
 def recommend_file(
-    rec: Recommender, path: Path, top_k: int | None = None, threshold: float | None = None
+    rec: Recommender,
+    path: Path,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    explain: bool = False,
 ) -> dict:
     """Recommend for the one patient in ``path`` (patient JSON or FHIR Bundle, detected)."""
     check_choice(top_k, threshold)
@@ -179,7 +192,7 @@ def recommend_file(
         parsed = read_patient(reader_for(rec), obj, path.stem)
     except LeaderError as e:
         raise LeaderError(f"{path}: {e}") from None
-    return recommend_samples(rec, [parsed], top_k=top_k, threshold=threshold)[0]
+    return recommend_samples(rec, [parsed], top_k=top_k, threshold=threshold, explain=explain)[0]
 
 
 def recommend_jsonl(
