@@ -25,6 +25,7 @@ import numpy as np
 from leader.data.dataset import Schema
 from leader.data.samples import Sample
 from leader.errors import LeaderError
+from leader.explain import attach
 from leader.patient import DEFAULT_LIMITS, Limits, PatientReader
 
 if TYPE_CHECKING:
@@ -124,8 +125,6 @@ def outputs(
         for i, (sample, warnings) in enumerate(parsed)
     ]
     if explain:
-        from leader.explain import attach
-
         attach(rec.model, [s for s, _ in parsed], probs, results)
     return results
 
@@ -204,6 +203,7 @@ def recommend_jsonl(
     force: bool = False,
     chunk: int = 256,
     progress: Callable[[int], None] | None = None,
+    explain: bool = False,
 ) -> tuple[int, list[dict]]:
     """One patient per line in ``src`` → one result per line in ``out``, in the same order.
 
@@ -220,6 +220,7 @@ def recommend_jsonl(
     reader = reader_for(rec)
     errors: list[dict] = []
     n_ok = 0
+    choice = (top_k, threshold, explain)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with src.open("rb") as lines, tmp.open("w") as sink:
@@ -228,11 +229,11 @@ def recommend_jsonl(
                 if raw.strip():
                     pending.append((n, raw))
                 if len(pending) >= chunk:
-                    n_ok += _score_lines(rec, reader, pending, sink, errors, top_k, threshold)
+                    n_ok += _score_lines(rec, reader, pending, sink, errors, *choice)
                     pending = []
                 if progress:
                     progress(len(raw))
-            n_ok += _score_lines(rec, reader, pending, sink, errors, top_k, threshold)
+            n_ok += _score_lines(rec, reader, pending, sink, errors, *choice)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -247,6 +248,7 @@ def _score_lines(
     errors: list[dict],
     top_k: int | None,
     threshold: float | None,
+    explain: bool = False,
 ) -> int:
     records: list[tuple[int, dict | None]] = []
     parsed = []
@@ -261,7 +263,7 @@ def _score_lines(
             records.append((n, None))
         except LeaderError as e:
             records.append((n, {"line": n, "error": f"line {n}: {e}"}))
-    results = iter(recommend_samples(rec, parsed, top_k=top_k, threshold=threshold))
+    results = iter(recommend_samples(rec, parsed, top_k, threshold, explain))
     for n, error in records:
         if error is not None:
             errors.append(error)

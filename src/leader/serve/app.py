@@ -34,6 +34,8 @@ from leader.recommend import (
     recommend_samples,
 )
 from leader.serve.batching import MicroBatcher
+from leader.serve.cds import cds_router
+from leader.serve.negotiate import fhir_response, pop_explain, wants_fhir
 from leader.serve.schemas import (
     BatchResponse,
     ErrorBody,
@@ -159,8 +161,11 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     guarded = [Depends(authorised)]
     top_k_q = Query(None, ge=1, le=n_drugs, description="Recommend the k most probable classes")
     threshold_q = Query(None, ge=0.0, le=1.0, description="Override the bundle's threshold")
+    explain_q = Query(False, description="Add the reasons behind each recommended class")
 
-    def score(patients: list[Any], top_k: int | None, threshold: float | None) -> list[dict]:
+    def score(
+        patients: list[Any], top_k: int | None, threshold: float | None, explain: bool = False
+    ) -> list[dict]:
         parsed = []
         for i, p in enumerate(patients):
             where = f"patients[{i}]: " if len(patients) > 1 else ""
@@ -168,7 +173,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
                 parsed.append(read_patient(reader, p, f"patient{i}"))
             except LeaderError as e:
                 raise ApiError(422, f"{where}{e}") from None
-        return recommend_samples(recommender, parsed, top_k=top_k, threshold=threshold)
+        return recommend_samples(recommender, parsed, top_k, threshold, explain)
 
     @app.post(
         "/v1/recommend",
@@ -179,10 +184,14 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         openapi_extra=_body_doc("Patient"),
     )
     async def recommend(
-        request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
+        request: Request,
+        top_k: int | None = top_k_q,
+        threshold: float | None = threshold_q,
+        explain: bool = explain_q,
     ) -> Response:
         patient = await read_json_body(request, settings.max_body_bytes)
         try:
+            explain = pop_explain(patient, explain)
             check_choice(top_k, threshold)
             parsed = read_patient(reader, patient, "patient0")
         except LeaderError as e:
@@ -190,7 +199,8 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         # concurrent requests share one model call, run on the event loop: a hop to the thread
         # pool per request only made them contend for the GIL and the two cores
         probs = await batcher.probabilities(parsed[0])
-        return _json(outputs(recommender, [parsed], probs[None, :], top_k, threshold)[0])
+        result = outputs(recommender, [parsed], probs[None, :], top_k, threshold, explain)[0]
+        return fhir_response(result) if wants_fhir(request) else _json(result)
 
     @app.post(
         "/v1/recommend/batch",
@@ -201,9 +211,13 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
         openapi_extra=_body_doc("BatchRequest"),
     )
     async def recommend_batch(
-        request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
+        request: Request,
+        top_k: int | None = top_k_q,
+        threshold: float | None = threshold_q,
+        explain: bool = explain_q,
     ) -> Response:
         body = await read_json_body(request, settings.max_body_bytes)
+        explain = pop_explain(body, explain)
         if not isinstance(body, dict) or set(body) != {"patients"}:
             raise ApiError(422, 'body: expected {"patients": [patient, ...]} and nothing else')
         patients = body["patients"]
@@ -211,7 +225,9 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
             raise ApiError(422, "patients: expected a non-empty list of patients")
         if len(patients) > settings.max_batch:
             raise ApiError(422, f"patients: too many items (at most {settings.max_batch})")
-        results = await run_in_threadpool(score, patients, top_k, threshold)
+        results = await run_in_threadpool(score, patients, top_k, threshold, explain)
+        if wants_fhir(request):
+            return fhir_response(results, "results")
         return _json({"results": results})
 
     @app.get("/v1/health", response_model=Health, summary="Liveness; no authentication")
@@ -234,6 +250,7 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    app.include_router(cds_router(recommender, reader, guarded, settings, read_json_body))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _document_patient(app, settings)
     return app
