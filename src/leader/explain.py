@@ -128,7 +128,8 @@ def _title(schema: Schema, feature: Feature) -> str:
     kind, code = feature
     if kind == "profile":
         return code.replace("_", " ").replace("=", ": ", 1)
-    return schema.vocab[kind].title(code)
+    title = schema.vocab[kind].title(code)
+    return f"{title} (earlier visit)" if kind == "drugs" else title
 
 
 def explain(
