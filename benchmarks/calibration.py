@@ -1,7 +1,7 @@
 """ECE before and after calibration on a synthetic MIMIC-III cohort (`leader compare`).
 
     PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/calibration.py \
-        --work /tmp/leader-cal --patients 3000 --epochs 10
+        --work /tmp/leader-cal --patients 3000 --epochs 10 --student-steps 60
 
 synth (seed 1) → prepare → train logreg, retain and the student without a teacher
 (`distill --alpha 0 --beta 0`: no LLM on this CPU) → `leader compare --calibration temperature`
@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/leader-cal"))
     ap.add_argument("--patients", type=int, default=3000)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--student-steps", type=int, default=None,
+                    help="stop the student after N steps (it is the slow one on a shared CPU)")
     args = ap.parse_args()
     w = args.work
     run("synth", "--format", "mimic3", "--patients", str(args.patients), "--out", str(w / "raw"),
@@ -34,8 +36,9 @@ def main() -> None:
     run("train-baseline", "logreg", "--data", data, "--out", str(models / "logreg"), "--force")
     run("train-baseline", "retain", "--data", data, "--out", str(models / "retain"), "--force",
         *epochs)
+    steps = ["--max-steps", str(args.student_steps)] if args.student_steps else []
     run("distill", "--data", data, "--out", str(models / "student"), "--alpha", "0", "--beta",
-        "0", "--force", *epochs)
+        "0", "--force", *epochs, *steps)
     dirs = [str(models / m) for m in ("logreg", "retain", "student")]
     for method in ("temperature", "isotonic"):
         started = time.perf_counter()

@@ -50,8 +50,9 @@ def test_occlusion_matches_hand_computed_deltas(tiny_data):
                      ("drugs", drugs[3]), ("drugs", drugs[4]), ("profile", "gender=F"),
                      ("profile", "age=70")]  # unknown codes and unknown profile values left out
     assert without(sample, ("drugs", drugs[3])).history[0].drugs == (drugs[4],)
-    [(names, deltas)] = occlusion(model, [sample])
+    probs, [(names, deltas)] = occlusion(model, [sample])
     assert model.calls == 1  # the patient and all 7 occluded copies in one call
+    np.testing.assert_allclose(probs[0, :2], [0.05 + 0.4 + 0.2 + 0.1 + 0.15, 0.05])
     assert names == feats
     np.testing.assert_allclose(deltas[:, 0], [0.4, 0.0, 0.2, 0.1, 0.0, 0.15, 0.0], atol=1e-12)
     np.testing.assert_allclose(deltas[:, 1:], 0.0, atol=1e-12)

@@ -73,35 +73,41 @@ def without(sample: Sample, feature: Feature) -> Sample:
     return replace(sample, visits=tuple(visits))
 
 
+Found = list[tuple[list[Feature], np.ndarray]]  # per sample: features, [n_features, n_drugs]
+
+
 def occlusion(
     model: Any, samples: Sequence[Sample], probs: np.ndarray | None = None
-) -> list[tuple[list[Feature], np.ndarray]]:
-    """Per sample: its features and the probability drop [n_features, n_drugs] when each one
-    is removed. One model call covers every occluded copy (and the originals if not given)."""
+) -> tuple[np.ndarray, Found]:
+    """The probabilities and, per sample, its features with the probability drop when each one
+    is removed. ONE model call scores every occluded copy, and the samples themselves when
+    ``probs`` is not given (a model call has a fixed cost that dwarfs a few more rows)."""
     feats = [input_features(s, model.schema) for s in samples]
     batch = [without(s, f) for s, fs in zip(samples, feats, strict=True) for f in fs]
+    lead = list(samples) if probs is None else []
+    scored = np.asarray(model.predict_proba(lead + batch), dtype=np.float64)
     if probs is None:
-        batch = list(samples) + batch
-    scored = np.asarray(model.predict_proba(batch), dtype=np.float64) if batch else None
-    if probs is None:
-        probs = scored[: len(samples)] if scored is not None else np.zeros((0, 0))
-        scored = scored[len(samples) :] if scored is not None else None
+        probs, scored = scored[: len(samples)], scored[len(samples) :]
+    probs = np.asarray(probs, dtype=np.float64)
     out, start = [], 0
     for i, fs in enumerate(feats):
-        block = scored[start : start + len(fs)] if fs else np.zeros((0, probs.shape[1]))
-        out.append((fs, np.asarray(probs[i], dtype=np.float64)[None, :] - block))
+        out.append((fs, probs[i][None, :] - scored[start : start + len(fs)]))
         start += len(fs)
-    return out
+    return probs, out
 
 
 def contributions(
     model: Any, samples: Sequence[Sample], probs: np.ndarray | None = None
-) -> tuple[str, list[tuple[list[Feature], np.ndarray]]]:
-    """The model's exact contributions when it has them, else occlusion; and the method."""
+) -> tuple[np.ndarray, str, Found]:
+    """The probabilities, the method, and the model's exact contributions when it has them,
+    else occlusion's; one model call either way."""
     exact = getattr(model, "explain_contributions", None)
     if callable(exact):
-        return "exact", exact(samples)
-    return "occlusion", occlusion(model, samples, probs)
+        if probs is None:
+            probs = np.asarray(model.predict_proba(samples), dtype=np.float64)
+        return probs, "exact", exact(samples)
+    probs, found = occlusion(model, samples, probs)
+    return probs, "occlusion", found
 
 
 def top_reasons(
@@ -132,6 +138,30 @@ def _title(schema: Schema, feature: Feature) -> str:
     return f"{title} (earlier visit)" if kind == "drugs" else title
 
 
+def reasons(
+    schema: Schema,
+    method: str,
+    found: Found,
+    classes: Sequence[Sequence[str]],
+    top: int = DEFAULT_TOP,
+) -> list[dict]:
+    """For each sample, the reasons behind each of its ``classes`` (ATC3 codes)::
+
+        {"method": "occlusion", "unit": "probability", "drugs": {code: [reason, ...]}}
+    """
+    index = schema.drugs.index
+    return [
+        {
+            "method": method,
+            "unit": UNITS[method],
+            "drugs": {
+                c: top_reasons(schema, feats, deltas, index[c], top) for c in wanted if c in index
+            },
+        }
+        for (feats, deltas), wanted in zip(found, classes, strict=True)
+    ]
+
+
 def explain(
     model: Any,
     samples: Sequence[Sample],
@@ -139,36 +169,17 @@ def explain(
     probs: np.ndarray | None = None,
     top: int = DEFAULT_TOP,
 ) -> list[dict]:
-    """For each sample, the reasons behind each of its ``classes`` (ATC3 codes)::
-
-        {"method": "occlusion", "unit": "probability", "drugs": {code: [reason, ...]}}
-    """
-    method, per_sample = contributions(model, samples, probs)
-    index = model.schema.drugs.index
-    return [
-        {
-            "method": method,
-            "unit": UNITS[method],
-            "drugs": {
-                c: top_reasons(model.schema, feats, deltas, index[c], top)
-                for c in wanted
-                if c in index
-            },
-        }
-        for (feats, deltas), wanted in zip(per_sample, classes, strict=True)
-    ]
+    """The reasons behind ``classes`` of each sample (see :func:`reasons`)."""
+    _, method, found = contributions(model, samples, probs)
+    return reasons(model.schema, method, found, classes, top)
 
 
 def attach(
-    model: Any,
-    samples: Sequence[Sample],
-    probs: np.ndarray,
-    results: list[dict],
-    top: int = DEFAULT_TOP,
+    results: list[dict], schema: Schema, method: str, found: Found, top: int = DEFAULT_TOP
 ) -> list[dict]:
     """Add ``"explanation"`` to recommendation outputs (see :mod:`leader.recommend`): the
     reasons behind each class in ``"recommended"``."""
-    found = explain(model, samples, [r["recommended"] for r in results], probs, top)
-    for result, explanation in zip(results, found, strict=True):
+    given = reasons(schema, method, found, [r["recommended"] for r in results], top)
+    for result, explanation in zip(results, given, strict=True):
         result["explanation"] = explanation
     return results

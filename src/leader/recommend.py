@@ -25,7 +25,7 @@ import numpy as np
 from leader.data.dataset import Schema
 from leader.data.samples import Sample
 from leader.errors import LeaderError
-from leader.explain import attach
+from leader.explain import attach, contributions
 from leader.patient import DEFAULT_LIMITS, Limits, PatientReader
 
 if TYPE_CHECKING:
@@ -95,10 +95,14 @@ def recommend_samples(
     threshold: float | None = None,
     explain: bool = False,
 ) -> list[dict]:
-    """Score already-mapped samples in one model call and build each output."""
+    """Score already-mapped samples in one model call and build each output; with
+    ``explain``, the reasons behind each recommended class (:mod:`leader.explain`)."""
     check_choice(top_k, threshold)
-    probs = rec.predict_proba([s for s, _ in parsed])
-    return outputs(rec, parsed, probs, top_k, threshold, explain)
+    samples = [s for s, _ in parsed]
+    if not explain or not samples:
+        return outputs(rec, parsed, rec.predict_proba(samples), top_k, threshold)
+    probs, method, found = contributions(rec.model, samples)  # scores and explains: one call
+    return attach(outputs(rec, parsed, probs, top_k, threshold), rec.schema, method, found)
 
 
 def outputs(
@@ -107,13 +111,11 @@ def outputs(
     probs: np.ndarray,
     top_k: int | None = None,
     threshold: float | None = None,
-    explain: bool = False,
 ) -> list[dict]:
-    """The recommendation of each parsed patient from its row of ``probs``; with ``explain``,
-    the reasons behind each recommended class (:mod:`leader.explain`)."""
+    """The recommendation of each parsed patient from its row of ``probs``."""
     cut = rec.threshold if threshold is None else threshold
     model = model_info(rec)
-    results = [
+    return [
         {
             "patient_id": sample.patient_id,
             "model": model,
@@ -124,9 +126,6 @@ def outputs(
         }
         for i, (sample, warnings) in enumerate(parsed)
     ]
-    if explain:
-        attach(rec.model, [s for s, _ in parsed], probs, results)
-    return results
 
 
 def recommend_many(

@@ -198,8 +198,11 @@ def create_app(recommender: Any, settings: ServeSettings | None = None) -> FastA
             raise ApiError(422, str(e)) from None
         # concurrent requests share one model call, run on the event loop: a hop to the thread
         # pool per request only made them contend for the GIL and the two cores
-        probs = await batcher.probabilities(parsed[0])
-        result = outputs(recommender, [parsed], probs[None, :], top_k, threshold, explain)[0]
+        if explain:  # one model call scores the patient and its occluded copies together
+            result = recommend_samples(recommender, [parsed], top_k, threshold, explain)[0]
+        else:
+            probs = await batcher.probabilities(parsed[0])
+            result = outputs(recommender, [parsed], probs[None, :], top_k, threshold)[0]
         return fhir_response(result) if wants_fhir(request) else _json(result)
 
     @app.post(
