@@ -266,3 +266,34 @@ def test_auth_applies_to_cds(bundles, tiny_data):
     r = client.post("/cds-services/leader-patient-view", content=body,
                     headers={"content-type": "application/json"})
     assert r.status_code == 401
+
+
+def mutations(obj, path=()):
+    """Every path of a JSON value, for replacing what is there with a value of another type."""
+    yield path
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from mutations(v, (*path, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj[:2]):
+            yield from mutations(v, (*path, i))
+
+
+@pytest.mark.slow
+def test_no_mutation_of_a_request_gets_a_5xx(client, tiny_data):
+    a, b = tiny_data.ddi_pairs[0]
+    drafts = searchset([medication("MedicationRequest", c, "draft") for c in (a, b)])
+    good = hook_request("order-select", tiny_data, meds=[tiny_data.drugs.codes[5]],
+                        selections=[f"MedicationRequest/med-{a}"], draftOrders=drafts)
+    statuses = set()
+    for path in list(mutations(good))[1:]:
+        for junk in (None, 7, "x", [], {}, [{"resource": 1}]):
+            req = copy.deepcopy(good)
+            target = req
+            for k in path[:-1]:
+                target = target[k]
+            target[path[-1]] = junk
+            r = client.post("/cds-services/leader-order-select", json=req)
+            assert r.status_code < 500, (path, junk, r.text)
+            statuses.add(r.status_code)
+    assert {200, 404, 412, 422} <= statuses

@@ -30,7 +30,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from leader.errors import LeaderError
-from leader.fhir import SKIPPED_STATUS, SYSTEMS, bundle_to_patient
+from leader.fhir import SKIPPED_STATUS, SYSTEMS, bundle_to_patient, parse_bundle
 from leader.fhir_out import NAMESPACE, recommendation_bundle
 from leader.patient import PatientReader, drug_code
 from leader.recommend import model_info, read_patient, recommend_samples
@@ -127,9 +127,12 @@ def _entries(value: Any, key: str) -> list[dict]:
     """The resources of a prefetch value: a searchset Bundle or a single resource."""
     value = _object(value, f"prefetch.{key}")
     if value.get("resourceType") == "Bundle":
+        entries = value.get("entry") or []
+        if not isinstance(entries, list):
+            raise LeaderError(f"prefetch.{key}.entry: expected a list of entries")
         return [
             e["resource"]
-            for e in value.get("entry") or []
+            for e in entries
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
         ]
     return [value]
@@ -137,6 +140,11 @@ def _entries(value: Any, key: str) -> list[dict]:
 
 def _medication_keys(resources: list[dict], where: str, warnings: list[str]) -> list[str]:
     """Drug keys (``atc:``/``ndc:``) of MedicationRequests / MedicationStatements / drafts."""
+    try:  # validated first, so the reading below meets only well-formed resources
+        parse_bundle({"resourceType": "Bundle", "type": "collection",
+                      "entry": [{"resource": r} for r in resources]})
+    except LeaderError as e:
+        raise LeaderError(f"{where}: {e}") from None
     meds = {
         f"Medication/{r.get('id')}": r for r in resources if r.get("resourceType") == "Medication"
     }
