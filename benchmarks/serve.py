@@ -380,9 +380,11 @@ def main() -> int:
     ap.add_argument("--slow", type=int, default=50,
                     help="soak: dribbling connections (and as many idle ones)")
     ap.add_argument("--out", type=Path, help="write a markdown report here")
+    ap.add_argument("--explain", action="store_true", help="ask for explanations (?explain=true)")
     args = ap.parse_args()
     if args.soak:
         return main_soak(args)
+    path = "/v1/recommend?explain=true" if args.explain else "/v1/recommend"
 
     rng = random.Random(0)
     patient = demo_patient(args.model, rng)
@@ -398,12 +400,12 @@ def main() -> int:
         try:
             client = Client(port)
             for _ in range(50):  # warm-up
-                status, _ = client.request("POST", "/v1/recommend", body, headers)
+                status, _ = client.request("POST", path, body, headers)
                 assert status == 200, status
             latencies = []
             for _ in range(args.requests):
                 t0 = time.perf_counter()
-                status, _ = client.request("POST", "/v1/recommend", body, headers)
+                status, _ = client.request("POST", path, body, headers)
                 latencies.append((time.perf_counter() - t0) * 1000)
                 assert status == 200, status
 
@@ -413,7 +415,7 @@ def main() -> int:
             def worker() -> None:
                 c = Client(port)
                 for _ in range(per_client):
-                    status, _ = c.request("POST", "/v1/recommend", body, headers)
+                    status, _ = c.request("POST", path, body, headers)
                     if status != 200:
                         failures.append(status)
 

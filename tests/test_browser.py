@@ -41,7 +41,20 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(bundles):
-    rec = leader.load(bundles["ddi"])
+    yield from serve(leader.load(bundles["ddi"]))
+
+
+@pytest.fixture(scope="module")
+def logreg_server(tiny_data, tmp_path_factory):
+    """A model whose explanations are not empty (logreg: exact weight × input)."""
+    from leader.bundle import save_bundle
+    from leader.models.base import model_class
+
+    model = model_class("logreg")(tiny_data.schema, {"max_iter": 50}).fit(tiny_data)
+    yield from serve(leader.load(save_bundle(model, tmp_path_factory.mktemp("lr") / "lr")))
+
+
+def serve(rec):
     port = free_port()
     config = uvicorn.Config(
         create_app(rec, ServeSettings(port=port)),
@@ -113,6 +126,59 @@ def test_fill_form_and_read_result(server, tiny_data):
             page.press("#dx-input", "Enter")
             page.click("#submit")
             expect(page.locator("#error")).to_contain_text("at most 32 characters")
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_explanations_titles_and_one_line_probabilities(logreg_server, tiny_data, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    dx = tiny_data.vocab["diagnoses"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(logreg_server + "/")
+            expect(page.locator("#model-line")).to_contain_text("logreg-")
+            page.select_option("#profile-gender", "F")
+            for code in dx.codes[:3]:
+                page.fill("#dx-input", code)
+                page.locator(f'#dx-suggest li[data-code="{code}"]').wait_for()
+                page.press("#dx-input", "Enter")
+                # the chip reads as the code's title, not the code
+                chip = page.locator(f'#dx-chips .chip[data-code="{code}"]')
+                expect(chip).to_contain_text(dx.title(code))
+                assert chip.get_attribute("title") == code
+            page.fill("#top-k", "3")
+            page.click("#submit")
+            expect(page.locator("#result")).to_be_visible()
+            why = page.locator("#ranked tbody tr.recommended .why")
+            assert why.count() == 3
+            expect(why.first).to_be_visible()
+            expect(why.first).to_contain_text("because:")
+            text = " ".join(why.all_inner_texts())
+            assert any(dx.title(c) in text for c in dx.codes[:3]), text
+            assert "log-odds" in text  # logreg: exact contributions
+            # the screenshot shows it: the explanation's box holds dark text pixels
+            shot = tmp_path / "why.png"
+            why.first.screenshot(path=str(shot))
+            image = Image.open(shot).convert("L")
+            assert image.width > 50 and image.height > 5
+            assert sum(image.histogram()[:160]) > 30  # pixels darker than the background
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            # a probability stays on one line with its bar
+            prob = page.locator("#ranked tbody tr td.prob").first
+            code_cell = page.locator("#ranked tbody tr td.code").first
+            assert prob.evaluate("e => e.getClientRects().length") == 1
+            line = code_cell.evaluate("e => parseFloat(getComputedStyle(e).lineHeight)")
+            inner = prob.evaluate(
+                "e => { const r = document.createRange(); r.selectNodeContents(e); "
+                "return r.getBoundingClientRect().height; }")
+            assert inner < 1.6 * line, (inner, line)
             assert errors == []
         finally:
             browser.close()

@@ -46,7 +46,7 @@ def test_html_is_self_contained(model_dirs, tiny_data, tmp_path):
     out = tmp_path / "report"
     compare(tiny_data, model_dirs[:2], out, rounds=3)
     page = (out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 7
+    assert page.count('src="data:image/png;base64,') == 8  # 7 metric figures + reliability
     # nothing fetched from elsewhere: no external src/href
     assert not re.search(r'(src|href)="(?!data:)', page)
     assert "<table>" in page and "repeat-last" in page

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from leader import calibration as calib
 from leader.artifacts import (
     MANIFEST,
     atomic_dir,
@@ -55,6 +57,7 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     force: bool = False,
     extra: dict[str, Any] | None = None,
+    calibration: calib.Calibration | None = None,
 ) -> Path:
     """Write ``model`` as a self-contained MODEL_DIR at ``out`` (atomically)."""
     out = Path(out)
@@ -62,7 +65,9 @@ def save_bundle(
         model.save(tmp)
         model.schema.save(tmp)
         write_json(tmp / METRICS_FILE, metrics or {})
-        (tmp / "README.md").write_text(model_card(model, threshold, metrics or {}))
+        if calibration is not None:
+            calib.write(tmp, calibration)
+        (tmp / "README.md").write_text(model_card(model, threshold, metrics or {}, calibration))
         write_manifest(
             tmp,
             MODEL_KIND,
@@ -78,7 +83,12 @@ def save_bundle(
     return out
 
 
-def model_card(model: MedModel, threshold: float, metrics: dict[str, Any]) -> str:
+def model_card(
+    model: MedModel,
+    threshold: float,
+    metrics: dict[str, Any],
+    calibration: calib.Calibration | None = None,
+) -> str:
     lines = [
         f"# leader model: {model.name}",
         "",
@@ -98,6 +108,9 @@ def model_card(model: MedModel, threshold: float, metrics: dict[str, Any]) -> st
         "",
         "## Decision rule",
         f"A drug class is recommended when its probability is at least {threshold}.",
+        "",
+        "## Calibration",
+        calibration.describe() if calibration else "Not calibrated: the model's own probabilities.",
         "",
         "## Metrics",
     ]
@@ -222,4 +235,30 @@ def load(directory: str | Path, verify: bool = True) -> Bundle:
         raise
     except Exception as e:  # a file that passed the checksum but does not fit the model
         raise LeaderError(f"{directory}: cannot load the {cls.name} model ({e})") from None
-    return Bundle(directory, manifest, model)
+    return Bundle(directory, manifest, calib.wrap(model, directory))
+
+
+def store_calibration(
+    directory: str | Path,
+    calibration: calib.Calibration,
+    out: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """Copy the bundle at ``directory`` to ``out`` (default: replace it) with ``calibration``
+    (method ``none`` removes one); README and manifest are rewritten, the rest is copied."""
+    src = Path(directory)
+    rec = load(src)
+    out = Path(out) if out is not None else src
+    model = calib.uncalibrated(rec.model)
+    skip = shutil.ignore_patterns(MANIFEST, calib.CALIBRATION_FILE, "README.md")
+    with atomic_dir(out, force=force or out.resolve() == src.resolve()) as tmp:
+        shutil.copytree(src, tmp, ignore=skip, dirs_exist_ok=True)
+        kept = calibration if calibration.method != "none" else None
+        if kept is not None:
+            calib.write(tmp, kept)
+        (tmp / "README.md").write_text(model_card(model, rec.threshold, rec.metrics, kept))
+        fields = {k: v for k, v in rec.manifest.items()
+                  if k not in ("kind", "format_version", "created", "versions", "files")}
+        fields["calibration"] = calibration.method
+        write_manifest(tmp, MODEL_KIND, MODEL_FORMAT_VERSION, **fields, files=_file_hashes(tmp))
+    return out

@@ -25,6 +25,7 @@ import numpy as np
 
 from leader.artifacts import MANIFEST, sha256_file
 from leader.bundle import Bundle, load
+from leader.calibration import Calibration, fit, uncalibrated
 from leader.configs import ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample, multi_hot
@@ -217,6 +218,18 @@ def evaluate(
             "same_cohort_as_model": bool(trained_on) and trained_on == data.data_hash,
         },
     }
+
+
+def fit_calibration(
+    model: str | Path | Bundle, data: str | Path | Dataset, method: str, split: str = "val"
+) -> Calibration:
+    """Fit a calibration of the model's own (uncalibrated) probabilities on ``split``."""
+    rec, data = as_bundle(model), as_dataset(data)
+    drug_columns(rec, data)  # refuse a model from other data
+    samples = split_samples(data, split)
+    raw = np.asarray(uncalibrated(rec.model).predict_proba(samples), dtype=np.float64)
+    y = multi_hot([s.target for s in samples], rec.schema.drugs).numpy()
+    return fit(raw, y, method, split=split, data_hash=data.data_hash)
 
 
 def means(result: dict) -> dict[str, float]:

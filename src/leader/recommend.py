@@ -7,7 +7,8 @@ Python API (``Recommender.recommend``), the CLI and the REST service. Output of 
      "ranked": [{"code", "name", "probability"}, ...],          # every drug class, best first
      "recommended": [code, ...],                                # probability >= threshold, or top_k
      "ddi_warnings": [{"drugs": [a, b], "names": [..]}, ...],   # interacting pairs in that set
-     "threshold", "top_k", "warnings": [str, ...]}              # unknown codes etc.
+     "threshold", "top_k", "warnings": [str, ...],              # unknown codes etc.
+     "explanation": {...}}                                      # only with explain (leader.explain)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from leader.bundle import load as load_bundle
 from leader.data.dataset import Schema
 from leader.data.samples import Sample
 from leader.errors import LeaderError
+from leader.explain import attach, contributions
 from leader.fhir import bundle_to_patient
 from leader.patient import DEFAULT_LIMITS, Limits, PatientReader
 
@@ -194,12 +196,20 @@ class Recommender(Bundle):
     # --- conveniences over the three steps ------------------------------------------------------
 
     def recommend_samples(
-        self, parsed: Sequence[Parsed], top_k: int | None = None, threshold: float | None = None
+        self,
+        parsed: Sequence[Parsed],
+        top_k: int | None = None,
+        threshold: float | None = None,
+        explain: bool = False,
     ) -> list[dict]:
-        """Score already-read patients in one model call and build each output."""
+        """Score already-read patients in one model call and build each output; with
+        ``explain``, the reasons behind each recommended class (:mod:`leader.explain`)."""
         check_choice(top_k, threshold)
-        probs = self.predict_proba([s for s, _ in parsed])
-        return self.outputs(parsed, probs, top_k, threshold)
+        samples = [s for s, _ in parsed]
+        if not explain or not samples:
+            return self.outputs(parsed, self.predict_proba(samples), top_k, threshold)
+        probs, method, found = contributions(self.model, samples)  # scores and explains at once
+        return attach(self.outputs(parsed, probs, top_k, threshold), self.schema, method, found)
 
     def recommend(
         self, patient: Any, top_k: int | None = None, threshold: float | None = None
@@ -220,7 +230,11 @@ class Recommender(Bundle):
         return self.recommend_samples(self.read_many(patients, limits), top_k, threshold)
 
     def recommend_file(
-        self, path: Path, top_k: int | None = None, threshold: float | None = None
+        self,
+        path: Path,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        explain: bool = False,
     ) -> dict:
         """Recommend for the one patient in ``path`` (patient JSON or FHIR Bundle, detected)."""
         check_choice(top_k, threshold)
@@ -229,7 +243,7 @@ class Recommender(Bundle):
             parsed = self.read(obj, path.stem)
         except LeaderError as e:
             raise LeaderError(f"{path}: {e}") from None
-        return self.recommend_samples([parsed], top_k, threshold)[0]
+        return self.recommend_samples([parsed], top_k, threshold, explain)[0]
 
     def recommend_jsonl(
         self,
@@ -240,6 +254,7 @@ class Recommender(Bundle):
         force: bool = False,
         chunk: int = 256,
         progress: Callable[[int], None] | None = None,
+        explain: bool = False,
     ) -> tuple[int, list[dict]]:
         """One patient per line in ``src`` → one result per line in ``out``, in the same order.
 
@@ -260,6 +275,7 @@ class Recommender(Bundle):
         errors: list[dict] = []
         n_ok = 0
         tmp = out.with_name(f".{out.name}.tmp")
+        choice = (top_k, threshold, explain)
         try:
             with src.open("rb") as lines, _open_output(tmp, out) as sink:
                 pending: list[tuple[int, bytes]] = []
@@ -267,11 +283,11 @@ class Recommender(Bundle):
                     if raw.strip():
                         pending.append((n, raw))
                     if len(pending) >= chunk:
-                        n_ok += self._score_lines(pending, sink, errors, top_k, threshold)
+                        n_ok += self._score_lines(pending, sink, errors, choice)
                         pending = []
                     if progress:
                         progress(len(raw))
-                n_ok += self._score_lines(pending, sink, errors, top_k, threshold)
+                n_ok += self._score_lines(pending, sink, errors, choice)
             tmp.replace(out)
         except OSError as e:
             raise LeaderError(f"{e.filename or out}: {e.strerror or e}") from None
@@ -284,8 +300,7 @@ class Recommender(Bundle):
         lines: list[tuple[int, bytes]],
         sink: Any,
         errors: list[dict],
-        top_k: int | None,
-        threshold: float | None,
+        choice: tuple[int | None, float | None, bool],
     ) -> int:
         records: list[tuple[int, dict | None]] = []
         parsed = []
@@ -300,7 +315,7 @@ class Recommender(Bundle):
                 records.append((n, None))
             except LeaderError as e:
                 records.append((n, {"line": n, "error": f"line {n}: {e}"}))
-        results = iter(self.recommend_samples(parsed, top_k, threshold))
+        results = iter(self.recommend_samples(parsed, *choice))
         for n, error in records:
             if error is not None:
                 errors.append(error)

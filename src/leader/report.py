@@ -15,10 +15,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from leader import calibration as calib
 from leader.artifacts import atomic_dir, write_json, write_manifest
+from leader.bundle import load
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
-from leader.evaluation import as_dataset, evaluate, protocol_line
+from leader.evaluation import (
+    as_dataset,
+    drug_columns,
+    evaluate,
+    fit_calibration,
+    protocol_line,
+    split_samples,
+    truth,
+)
 from leader.metrics import METRIC_LABELS as LABELS
 from leader.metrics import METRICS
 
@@ -138,7 +150,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _html(rows: list[dict], protocol: str, data: dict, figures: list[Path]) -> str:
+def _html(
+    rows: list[dict], protocol: str, data: dict, figures: list[Path], extra: str = ""
+) -> str:
     head = ["model", *(LABELS[m] for m in METRICS), "params", "ms/visit", "Jaccard first",
             "Jaccard returning"]
     body = []
@@ -165,9 +179,98 @@ td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <p>Protocol: {html.escape(protocol)}.</p>
 <table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>
 {''.join(body)}</table>
+{extra}
 {images}
 </body></html>
 """
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+def calibration_rows(
+    labels: Sequence[str], dirs: Sequence[Path], data: Dataset, split: str, method: str
+) -> list[dict]:
+    """ECE on ``split`` before (the model's own probabilities) and after calibration (the
+    bundle's own, else ``method`` fitted on val), with both reliability tables."""
+    samples = split_samples(data, split)
+    y = truth(samples, data)
+    rows = []
+    for label, d in zip(labels, dirs, strict=True):
+        rec = load(d)
+        cols = drug_columns(rec, data)
+        raw = np.asarray(calib.uncalibrated(rec.model).predict_proba(samples), dtype=np.float64)
+        stored = calib.read(Path(d))
+        if stored is not None and stored.method != "none":
+            cal, source = stored, "stored in the bundle"
+        elif method != "none":
+            cal, source = fit_calibration(rec, data, method), "fitted on val for this report"
+        else:
+            cal, source = calib.Calibration("none"), "none"
+        after = cal.apply(raw)
+        rows.append({
+            "model": label,
+            "method": cal.method,
+            "source": source,
+            "temperature": cal.temperature,
+            "isotonic_classes": len(cal.isotonic),
+            "ece_before": calib.ece(raw[:, cols], y),
+            "ece_after": calib.ece(after[:, cols], y),
+            "reliability_before": calib.reliability(raw[:, cols], y),
+            "reliability_after": calib.reliability(after[:, cols], y),
+        })
+    return rows
+
+
+def calibration_markdown(rows: list[dict], split: str) -> str:
+    lines = [f"\n## Calibration ({split} split, ECE over every visit × class, "
+             f"{calib.BINS} bins)\n",
+             "| model | method | T | isotonic classes | ECE before | ECE after | source |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['method']} | {r['temperature']:.3f} | "
+              f"{r['isotonic_classes']} | {r['ece_before']:.4f} | {r['ece_after']:.4f} | "
+              f"{r['source']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _reliability_figure(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(rows))
+    n_rows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.6 * cols, 3.4 * n_rows), squeeze=False)
+    for ax in axes.ravel()[len(rows):]:
+        ax.axis("off")
+    for ax, r in zip(axes.ravel(), rows, strict=False):
+        ax.plot([0, 1], [0, 1], color="#999", lw=1, ls=":")
+        for key, style, name in (("before", "--o", "before"), ("after", "-o", "after")):
+            pts = [(b["confidence"], b["frequency"]) for b in r[f"reliability_{key}"] if b["n"]]
+            ax.plot(*zip(*pts, strict=True), style, ms=3,
+                    label=f"{name} (ECE {r[f'ece_{key}']:.3f})")
+        ax.set_title(f"{r['model']} ({r['method']})", fontsize=9)
+        ax.set_xlabel("predicted probability")
+        ax.set_ylabel("observed frequency")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Reliability: every visit × drug class")
+    return _save(fig, out / "calibration.png")
+
+
+def _cal_html(rows: list[dict]) -> str:
+    head = ["model", "method", "T", "isotonic classes", "ECE before", "ECE after", "source"]
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+            r["model"], r["method"], f"{r['temperature']:.3f}", r["isotonic_classes"],
+            f"{r['ece_before']:.4f}", f"{r['ece_after']:.4f}", r["source"])) + "</tr>"
+        for r in rows
+    )
+    return (f"<h2>Calibration</h2><p>Expected calibration error over every visit × drug class "
+            f"({calib.BINS} equal-width bins); reliability diagrams below.</p>"
+            f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>")
 
 
 def compare(
@@ -182,6 +285,7 @@ def compare(
     split: str = "test",
     force: bool = False,
     on_model: Callable[[str], None] | None = None,
+    calibration: str = "temperature",
 ) -> dict:
     """Evaluate every model on the same resamples and write REPORT_DIR; return table.json."""
     if not model_dirs:
@@ -202,16 +306,19 @@ def compare(
     if tune_threshold:
         line = line.split(", threshold")[0] + f", threshold {first['protocol']['threshold_rule']}"
     rows = table_rows(evals)
+    cal_rows = calibration_rows(labels, dirs, dataset, split, calibration)
     table = {"protocol": protocol, "protocol_line": line, "data": first["data"], "rows": rows,
-             "metrics": list(METRICS)}
+             "metrics": list(METRICS), "calibration": cal_rows}
     with atomic_dir(out, force=force) as tmp:
         for label, ev in evals.items():
             (tmp / "evals").mkdir(exist_ok=True)
             write_json(tmp / "evals" / f"{label.replace('/', '__')}.json", ev)
         write_json(tmp / "table.json", table)
-        (tmp / "table.md").write_text(markdown(rows, line))
+        (tmp / "table.md").write_text(markdown(rows, line) + calibration_markdown(cal_rows, split))
         figures = _figures(rows, evals, tmp / "figures")
-        (tmp / "report.html").write_text(_html(rows, line, first["data"], figures))
+        figures.append(_reliability_figure(cal_rows, tmp / "figures"))
+        page = _html(rows, line, first["data"], figures, _cal_html(cal_rows))
+        (tmp / "report.html").write_text(page)
         write_manifest(tmp, REPORT_KIND, REPORT_FORMAT_VERSION, models=[str(d) for d in dirs],
                        data=first["data"], protocol=protocol)
     return table

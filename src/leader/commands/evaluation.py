@@ -78,6 +78,30 @@ def evaluate_cmd(
         console.print(f"wrote {out}")
 
 
+Method = Annotated[str, typer.Option(
+    "--calibration", help="none, temperature (one T per model) or isotonic (per class where "
+    "validation has enough visits, else temperature).")]
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: Annotated[Path, typer.Option(help="MODEL_DIR bundle to calibrate.")],
+    data: Annotated[Path, typer.Option(help="Prepared DATA_DIR (its val split is used).")],
+    method: Method = "temperature",
+    out: Annotated[Path | None, typer.Option(
+        help="Write the calibrated bundle here [default: replace MODEL_DIR].",
+        show_default=False)] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Fit a calibration on the val split and store it in the bundle (applied on load)."""
+    from leader.bundle import store_calibration
+    from leader.evaluation import fit_calibration
+
+    cal = fit_calibration(model, data, method)
+    written = store_calibration(model, cal, out, force)
+    console.print(f"{written}: calibration {cal.describe()}", highlight=False)
+
+
 @app.command("train-baseline")
 @config_options(TrainConfig, build=False, config_file=False)
 def train_baseline_cmd(
@@ -116,6 +140,9 @@ def compare_cmd(
     threshold: Threshold = None,
     tune_threshold: Tune = False,
     force: Annotated[bool, typer.Option(help="Replace an existing REPORT_DIR.")] = False,
+    calibration: Annotated[str, typer.Option(
+        help="For the calibration section: the method fitted on val for a model whose bundle "
+        "has no calibration (none: show only the models' own probabilities).")] = "temperature",
 ) -> None:
     """Evaluate several models on the same resamples; write tables, figures and report.html."""
     from rich.progress import Progress
@@ -130,7 +157,8 @@ def compare_cmd(
             progress.update(task, description=f"evaluating {label}", advance=0)
 
         table = compare(data, models, out, rounds, frac, seed, threshold, tune_threshold, split,
-                        force, on_model=lambda label: (step(label), progress.advance(task)))
+                        force, on_model=lambda label: (step(label), progress.advance(task)),
+                        calibration=calibration)
     typer.echo(md(table["rows"], table["protocol_line"]))  # plain: Markdown must not wrap
     console.print(f"wrote {out}/report.html")
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from leader.cli import app
 from leader.errors import LeaderError
+from leader.fhir_out import recommendation_bundle
 from leader.recommend import Recommender
 
 console = Console()
@@ -46,6 +47,15 @@ def recommend_command(
         typer.Option("--threshold", help="Probability cut (default: the bundle's threshold)"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="table, json, or fhir (a FHIR R4 Bundle of draft orders)",
+        ),
+    ] = "table",
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show the inputs behind each recommended class")
+    ] = False,
     show: Annotated[int, typer.Option("--show", help="Rows of the ranking to print")] = 15,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out file")] = False,
 ) -> None:
@@ -55,14 +65,20 @@ def recommend_command(
     {"line": n, "error": "..."} in OUT and the other lines are still scored.
     """
 
+    if fmt not in ("table", "json", "fhir"):
+        raise LeaderError(f"--format {fmt}: expected table, json or fhir")
     if (patient is None) == (patients is None):
         raise LeaderError("give exactly one of --patient FILE or --patients FILE.jsonl")
     if patients is not None and out is None:
         raise LeaderError("--patients needs --out OUT.jsonl")
+    if patients is not None and fmt == "fhir":
+        raise LeaderError("--format fhir: one patient at a time (--patient FILE)")
     rec = Recommender.load(model)
     if patient is not None:
-        result = rec.recommend_file(patient, top_k=top_k, threshold=threshold)
-        if as_json:
+        result = rec.recommend_file(patient, top_k=top_k, threshold=threshold, explain=explain)
+        if fmt == "fhir":
+            sys.stdout.write(json.dumps(recommendation_bundle(result), indent=2) + "\n")
+        elif as_json or fmt == "json":
             sys.stdout.write(json.dumps(result, indent=2) + "\n")
         else:
             print_recommendation(result, show)
@@ -85,6 +101,7 @@ def recommend_command(
             threshold=threshold,
             force=force,
             progress=lambda n: bar.advance(task, n),
+            explain=explain,
         )
     console.print(f"[green]{n_ok}[/] patients scored → {out}")
     if errors:
@@ -129,6 +146,13 @@ def print_recommendation(result: dict, show: int = 15) -> None:
         )
     for w in result["warnings"]:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    explanation = result.get("explanation")
+    if explanation:
+        console.print(f"why ({explanation['method']}, contribution in {explanation['unit']}):")
+        titles = {d["code"]: d["name"] for d in result["ranked"]}
+        for code, reasons in explanation["drugs"].items():
+            shown = ", ".join(f"{r['title']} {r['contribution']:+.3f}" for r in reasons)
+            console.print(f"  {titles[code]} ({code}): {shown or '-'}", highlight=False)
 
 
 @app.command("serve")

@@ -30,7 +30,9 @@ from leader.fhir import BUNDLE_TYPES
 from leader.patient import patient_json_schema
 from leader.recommend import Recommender, check_choice, is_fhir, json_value
 from leader.serve.batching import MicroBatcher
+from leader.serve.cds import cds_router
 from leader.serve.guards import LOOPBACK_NAMES, ErrorBoundary, HostCheck
+from leader.serve.negotiate import fhir_response, pop_explain, wants_fhir
 from leader.serve.schemas import (
     BatchResponse,
     ErrorBody,
@@ -178,11 +180,15 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
     guarded = [Depends(authorised), *strict]
     top_k_q = Query(None, ge=1, le=n_drugs, description="Recommend the k most probable classes")
     threshold_q = Query(None, ge=0.0, le=1.0, description="Override the bundle's threshold")
+    explain_q = Query(False, description="Add the reasons behind each recommended class")
 
-    async def answer(patients: list[Any], top_k: int | None, threshold: float | None) -> list:
+    async def answer(
+        patients: list[Any], top_k: int | None, threshold: float | None, explain: bool
+    ) -> list:
         """Both endpoints: read the patients, score them through the micro-batcher (concurrent
         requests share one model call, on the event loop: a hop to the thread pool per request
-        only made them contend for the GIL and the two cores), build the outputs."""
+        only made them contend for the GIL and the two cores), build the outputs. With
+        ``explain``, one model call scores the patients and their occluded copies together."""
         try:
             check_choice(top_k, threshold)
             if len(patients) > 1 or is_fhir(patients[0]):  # validating Bundles takes long:
@@ -191,6 +197,9 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
                 parsed = recommender.read_many(patients, settings.limits)
         except LeaderError as e:
             raise ApiError(422, str(e)) from None
+        if explain:
+            return await run_in_threadpool(recommender.recommend_samples, parsed, top_k,
+                                           threshold, True)
         probs = await batcher.probabilities([sample for sample, _ in parsed])
         return recommender.outputs(parsed, probs, top_k, threshold)
 
@@ -203,10 +212,18 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
         openapi_extra=_body_doc("Patient"),
     )
     async def recommend(
-        request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
+        request: Request,
+        top_k: int | None = top_k_q,
+        threshold: float | None = threshold_q,
+        explain: bool = explain_q,
     ) -> Response:
         patient = await read_json_body(request, settings.max_body_bytes, settings.body_timeout)
-        return _json((await answer([patient], top_k, threshold))[0])
+        try:
+            explain = pop_explain(patient, explain)
+        except LeaderError as e:
+            raise ApiError(422, str(e)) from None
+        result = (await answer([patient], top_k, threshold, explain))[0]
+        return fhir_response(result) if wants_fhir(request) else _json(result)
 
     @app.post(
         "/v1/recommend/batch",
@@ -217,9 +234,16 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
         openapi_extra=_body_doc("BatchRequest"),
     )
     async def recommend_batch(
-        request: Request, top_k: int | None = top_k_q, threshold: float | None = threshold_q
+        request: Request,
+        top_k: int | None = top_k_q,
+        threshold: float | None = threshold_q,
+        explain: bool = explain_q,
     ) -> Response:
         body = await read_json_body(request, settings.max_body_bytes, settings.body_timeout)
+        try:
+            explain = pop_explain(body, explain)
+        except LeaderError as e:
+            raise ApiError(422, str(e)) from None
         if not isinstance(body, dict) or set(body) != {"patients"}:
             raise ApiError(422, 'body: expected {"patients": [patient, ...]} and nothing else')
         patients = body["patients"]
@@ -227,7 +251,10 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
             raise ApiError(422, "patients: expected a non-empty list of patients")
         if len(patients) > settings.max_batch:
             raise ApiError(422, f"patients: too many items (at most {settings.max_batch})")
-        return _json({"results": await answer(patients, top_k, threshold)})
+        results = await answer(patients, top_k, threshold, explain)
+        if wants_fhir(request):
+            return fhir_response(results, "results")
+        return _json({"results": results})
 
     @app.get(
         "/v1/health",
@@ -266,6 +293,7 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    app.include_router(cds_router(recommender, reader, guarded, settings, read_json_body))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _document_patient(app, settings)
     return app

@@ -58,6 +58,11 @@ class Recommendation(BaseModel):
     threshold: float | None
     top_k: int | None
     warnings: list[str] = Field(description="Unknown codes and other non-fatal problems")
+    explanation: dict | None = Field(
+        None,
+        description="With explain: {method, unit, drugs: {code: [{kind, code, title, "
+        "contribution}]}}, the inputs that raise each recommended class most",
+    )
 
 
 class BatchResponse(BaseModel):

@@ -19,6 +19,7 @@ from scipy import sparse
 from leader.configs import Config, option
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeEncoder, Sample
+from leader.data.vocab import UNKNOWN
 from leader.models.base import MedModel, register
 from leader.train import FitContext
 
@@ -60,6 +61,29 @@ class LogReg(MedModel):
                 cols.append(off + pid)
         data = np.ones(len(rows), dtype=np.float32)
         return sparse.csr_matrix((data, (rows, cols)), shape=(len(samples), start))
+
+    def feature_names(self) -> list[tuple[str, str]]:
+        """(kind, code) of each column of :meth:`features`, as :mod:`leader.explain` names them."""
+        names = [(kind, c) for kind in ("diagnoses", "procedures", "drugs")
+                 for c in self.schema.vocab[kind].codes]
+        for field, values in self.schema.profile_vocab.items():
+            names.append(("profile", f"{field}={UNKNOWN}"))  # column 0: a value outside the vocab
+            names += [("profile", f"{field}={v}") for v in values]
+        return names
+
+    def explain_contributions(
+        self, samples: Sequence[Sample]
+    ) -> list[tuple[list[tuple[str, str]], np.ndarray]]:
+        """Exact log-odds share of every active input (weight × input), for leader.explain."""
+        x = self.features(samples)
+        names = self.feature_names()
+        weight = self.weight.numpy().astype(np.float64)
+        out = []
+        for i in range(len(samples)):
+            cols = x.indices[x.indptr[i] : x.indptr[i + 1]]
+            cols = sorted(int(c) for c in cols if not names[c][1].endswith(f"={UNKNOWN}"))
+            out.append(([names[c] for c in cols], weight[:, cols].T * x[i, cols].toarray().T))
+        return out
 
     def fit(self, data: Dataset, context: FitContext | None = None) -> LogReg:
         from sklearn.linear_model import LogisticRegression

@@ -36,12 +36,14 @@ function makePicker(kind, id, labelText) {
   list.hidden = true;
   let timer = null, seq = 0;
 
-  function add(code) {
+  // a chip reads as the code's title ("Congestive heart failure"); the code is its tooltip
+  function add(code, title) {
     code = code.trim();
     if (!code || codes.includes(code)) return;
     codes.push(code);
     const remove = el("button", { type: "button", "aria-label": "remove " + code, text: "×" });
-    const chip = el("span", { class: "chip", "data-code": code }, code, remove);
+    const chip = el("span", { class: "chip", "data-code": code, title: code },
+                    el("span", { class: "chip-title", text: title || code }), remove);
     remove.addEventListener("click", () => { codes.splice(codes.indexOf(code), 1); chip.remove(); });
     chips.append(chip);
     input.value = ""; list.hidden = true;
@@ -53,9 +55,9 @@ function makePicker(kind, id, labelText) {
       const data = await api(`/v1/vocab?kind=${kind}&limit=12&q=${encodeURIComponent(q)}`);
       if (mine !== seq) return;
       list.replaceChildren(...data.results.map((hit) => {
-        const li = el("li", { role: "option", "data-code": hit.code },
+        const li = el("li", { role: "option", "data-code": hit.code, "data-title": hit.title },
                       el("span", { class: "code", text: hit.code }), hit.title);
-        li.addEventListener("mousedown", (e) => { e.preventDefault(); add(hit.code); });
+        li.addEventListener("mousedown", (e) => { e.preventDefault(); add(hit.code, hit.title); });
         return li;
       }));
       list.hidden = data.results.length === 0;
@@ -66,7 +68,7 @@ function makePicker(kind, id, labelText) {
     if (e.key !== "Enter") return;
     e.preventDefault();   // Enter adds a code; it never submits the form
     const first = list.hidden ? null : list.querySelector("li");
-    add(first ? first.dataset.code : input.value);
+    if (first) add(first.dataset.code, first.dataset.title); else add(input.value);
   });
   input.addEventListener("blur", () => setTimeout(() => { list.hidden = true; }, 150));
   const node = el("div", { class: "picker" },
@@ -122,6 +124,15 @@ function showError(message) {
   $("error").hidden = !message;
 }
 
+// "because: Congestive heart failure +21.0 pts, age: 70 +3.2 pts" under a recommended class
+function whyLine(reasons, unit) {
+  const shown = reasons.map((x) => unit === "probability"
+    ? `${x.title} +${(100 * x.contribution).toFixed(1)} pts`
+    : `${x.title} +${x.contribution.toFixed(2)} log-odds`);
+  return el("div", { class: "why",
+                     text: "because: " + (shown.length ? shown.join(", ") : "no single input") });
+}
+
 function renderResult() {
   const r = state.lastResult;
   const chosen = new Set(r.recommended);
@@ -132,13 +143,16 @@ function renderResult() {
     text: `Interaction: ${w.names[0]} (${w.drugs[0]}) with ${w.names[1]} (${w.drugs[1]})` })));
   $("warnings").replaceChildren(...r.warnings.map((w) => el("li", { text: w })));
   const rows = state.showAll ? r.ranked : r.ranked.slice(0, Math.max(20, r.recommended.length));
+  const reasons = (r.explanation && r.explanation.drugs) || {};
   $("ranked").querySelector("tbody").replaceChildren(...rows.map((d, i) => {
     const fill = el("span");
     fill.style.width = (100 * d.probability).toFixed(1) + "%";
+    const name = el("td", { class: "name" }, d.name);
+    if (reasons[d.code]) name.append(whyLine(reasons[d.code], r.explanation.unit));
     const tr = el("tr", { class: chosen.has(d.code) ? "recommended" : "", "data-code": d.code },
-      el("td", { text: String(i + 1) }), el("td", { class: "code", text: d.code }),
-      el("td", { text: d.name }),
-      el("td", {}, el("span", { class: "bar" }, fill), (100 * d.probability).toFixed(1) + " %"),
+      el("td", { text: String(i + 1) }), el("td", { class: "code", text: d.code }), name,
+      el("td", { class: "prob" }, el("span", { class: "bar" }, fill),
+         (100 * d.probability).toFixed(1) + "\u00a0%"),
       el("td", {}, chosen.has(d.code) ? el("span", { class: "badge", text: "recommended" }) : ""));
     return tr;
   }));
@@ -155,7 +169,7 @@ async function submit(event) {
   try {
     state.lastResult = await api("/v1/recommend" + query, {
       method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(patientFromForm()) });
+      body: JSON.stringify(Object.assign(patientFromForm(), { explain: true })) });
     state.showAll = false;
     renderResult();
   } catch (e) { showError(e.message); } finally { $("submit").disabled = false; }
