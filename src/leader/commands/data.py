@@ -1,4 +1,4 @@
-"""`leader prepare` (raw MIMIC tables → DATA_DIR) and `leader info` (print a DATA_DIR's stats)."""
+"""`leader prepare` (raw EHR tables → DATA_DIR) and `leader info` (print a DATA_DIR's stats)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,45 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from leader.cli import app
+from leader.data import sources
 from leader.errors import LeaderError
+
+FROM_DATA = "from-data"
 
 console = Console()
 
 
 def parse_split(text: str) -> tuple[float, float, float]:
     """``0.8,0.1,0.1`` → (0.8, 0.1, 0.1); the config checks the shares themselves."""
+    if text == FROM_DATA:
+        return (0.8, 0.1, 0.1)  # unused: the dataset's own split
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError:
         parts = ()
     if len(parts) != 3:
         raise LeaderError(
-            f"--split {text!r}: expected three numbers train,val,test like 0.8,0.1,0.1"
+            f"--split {text!r}: expected three numbers train,val,test like 0.8,0.1,0.1, "
+            f"or {FROM_DATA}"
         )
     return parts  # type: ignore[return-value]
+
+
+def parse_options(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings → a dict (the source checks the keys)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LeaderError(f"--source-option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _source_help() -> str:
+    return "Raw data format, one of: " + "; ".join(
+        f"{n} ({sources.get(n).title})" for n in sources.names()
+    ) + "."
 
 
 def _table(title: str, rows: dict) -> Table:
@@ -50,10 +73,10 @@ def print_summary(manifest: dict, where: Path) -> None:
 
 @app.command("prepare")
 def prepare_cmd(
-    source: Annotated[str, typer.Option(help="Raw data format: mimic3 or mimic4.")],
+    source: Annotated[str, typer.Option(help=_source_help())],
     root: Annotated[str, typer.Option(
-        help="Folder with the raw tables (MIMIC-IV: the one holding hosp/, or hosp/ itself); "
-        "the word 'demo' means the bundled MIMIC-III demo.")],
+        help="Folder with the raw tables (MIMIC-IV: the one holding hosp/, or hosp/ itself; "
+        "MEDS: the dataset root with data/); the word 'demo' means the bundled MIMIC-III demo.")],
     out: Annotated[Path, typer.Option(help="DATA_DIR to write.")],
     top_drugs: Annotated[int, typer.Option(
         help="Keep the N most frequent ATC3 classes (0: all).")] = 300,
@@ -66,16 +89,21 @@ def prepare_cmd(
         help="Drop patients with fewer visits (1 keeps single-visit patients).")] = 1,
     patient_fraction: Annotated[float, typer.Option(
         help="Use a seeded share of the patients (LEADER's MIMIC-IV cohort: 0.15).")] = 1.0,
-    split: Annotated[str, typer.Option(help="Train,val,test shares of patients.")] = "0.8,0.1,0.1",
+    split: Annotated[str, typer.Option(
+        help=f"Train,val,test shares of patients, or '{FROM_DATA}': the dataset's own split "
+        "(MEDS subject_splits).")] = "0.8,0.1,0.1",
     seed: Annotated[int, typer.Option(help="Seed of the patient shuffle.")] = 42,
     ddi: Annotated[Path | None, typer.Option(
         help="CSV of interacting ATC3 pairs (default: the bundled TWOSIDES-derived pairs).",
         show_default=False)] = None,
     keep_ndc_zero: Annotated[bool, typer.Option(
         help="Map rows with NDC 0/empty by GSN and drug name instead of dropping them.")] = False,
+    source_option: Annotated[list[str] | None, typer.Option(
+        help="A setting of the source, KEY=VALUE, repeatable (docs/data.md lists them).",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing DATA_DIR.")] = False,
 ) -> None:
-    """Turn raw MIMIC-III / MIMIC-IV tables into a prepared cohort (DATA_DIR)."""
+    """Turn raw EHR tables (MIMIC-III/IV, OMOP CDM, MEDS) into a prepared cohort (DATA_DIR)."""
     from leader.data.cohort import PrepareConfig, prepare
 
     overrides = {
@@ -84,6 +112,7 @@ def prepare_cmd(
         "min_visits": min_visits,
         "patient_fraction": patient_fraction,
         "split": parse_split(split),
+        "split_from_data": split == FROM_DATA,
         "seed": seed,
         "ddi": str(ddi) if ddi else None,
         "drop_ndc_zero": not keep_ndc_zero,
@@ -99,6 +128,7 @@ def prepare_cmd(
         manifest = prepare(
             source, root, out, config, force=force,
             progress=lambda msg: bar.update(task, description=msg),
+            options=parse_options(source_option or []),
         )
     print_summary(manifest, out)
     console.print(f"wrote {out}")
