@@ -15,13 +15,13 @@ from leader.cli import app
 
 @app.command("synth")
 def synth(
-    fmt: Annotated[str, typer.Option("--format", help="Raw layout to write: mimic3 or mimic4.")],
+    fmt: Annotated[str, typer.Option("--format", help="Raw layout to write: mimic3, mimic4 or omop.")],
     patients: Annotated[int, typer.Option(help="Number of patients to generate.")],
     out: Annotated[Path, typer.Option(help="RAW_DIR to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the generator and of the data.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RAW_DIR.")] = False,
 ) -> None:
-    """Synthetic MIMIC-III / MIMIC-IV raw tables, with ground-truth drug probabilities."""
+    """Synthetic MIMIC-III / MIMIC-IV / OMOP raw tables, with ground-truth drug probabilities."""
     from leader.data.synth import synthesize
 
     console = Console(stderr=True)

@@ -26,7 +26,9 @@ import polars as pl
 
 from leader.errors import LeaderError
 
-DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+# the last two: ISO 8601 with a T, and Parquet timestamps read back as text (OMOP, MEDS)
+DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%d %H:%M:%S%.f")
 MISSING_VALUES = ("", "?")  # MIMIC-IV writes "?" for an unknown language
 MAX_AGE = 90  # MIMIC shifts ages above 89 (MIMIC-III to ~300 years): pool them at 90
 ROW_TABLES = ("admissions", "patients", "diagnoses", "procedures", "prescriptions")
@@ -146,10 +148,12 @@ def events_frame(lf: pl.LazyFrame, hadm: str, code: pl.Expr,
     return with_bad(lf, checks).select("_row", "_bad", parsed.alias("hadm_id"), code.alias("code"))
 
 
-def prescriptions_frame(lf: pl.LazyFrame, hadm: str, drug_cols: dict[str, pl.Expr]) -> pl.LazyFrame:
+def prescriptions_frame(lf: pl.LazyFrame, hadm: str, drug_cols: dict[str, pl.Expr],
+                        checks: list[pl.Expr] | None = None) -> pl.LazyFrame:
     """Drug rows → (hadm_id, ndc, gsn, drug[, atc3]); ``drug_cols`` gives each as an expression."""
     parsed = parse_int(hadm)
-    return with_bad(lf, [bad_if(parsed, hadm, "an integer admission id")]).select(
+    checks = [bad_if(parsed, hadm, "an integer admission id"), *(checks or [])]
+    return with_bad(lf, checks).select(
         "_row", "_bad", parsed.alias("hadm_id"),
         *[clean_str(expr).alias(name) for name, expr in drug_cols.items()],
     )
