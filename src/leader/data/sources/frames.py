@@ -167,9 +167,11 @@ def visit_profile(admissions: pl.DataFrame, patients: pl.DataFrame) -> pl.DataFr
     """
     joined = admissions.join(patients, on="patient_id", how="left")
     admit, dob = pl.col("admittime"), pl.col("birth_date")
-    before_birthday = (admit.dt.month() * 100 + admit.dt.day()) < (
-        dob.dt.month() * 100 + dob.dt.day()
-    )
+
+    def month_day(d: pl.Expr) -> pl.Expr:  # Int32 first: month * 100 overflows polars' Int8
+        return d.dt.month().cast(pl.Int32) * 100 + d.dt.day().cast(pl.Int32)
+
+    before_birthday = month_day(admit) < month_day(dob)
     age = admit.dt.year() - pl.col("birth_year") - before_birthday.fill_null(False).cast(pl.Int32)
     age = age.cast(pl.Int64)
     age = pl.when(age < 0).then(None).otherwise(pl.min_horizontal(age, pl.lit(MAX_AGE)))
