@@ -13,7 +13,7 @@ from leader.data.sources.base import Source
 from leader.data.sources.frames import RawTables
 from leader.errors import LeaderError
 
-MODULES = ("mimic3", "mimic4", "omop")
+MODULES = ("mimic3", "mimic4", "omop", "meds")
 
 
 def names() -> tuple[str, ...]:
