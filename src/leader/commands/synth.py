@@ -15,7 +15,8 @@ from leader.cli import app
 
 @app.command("synth")
 def synth(
-    fmt: Annotated[str, typer.Option("--format", help="Raw layout to write: mimic3, mimic4 or omop.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="Raw layout to write: mimic3, mimic4 or omop.")],
     patients: Annotated[int, typer.Option(help="Number of patients to generate.")],
     out: Annotated[Path, typer.Option(help="RAW_DIR to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the generator and of the data.")] = 0,

@@ -66,8 +66,9 @@ def check_schema(path: Path, label: str, schema) -> list[str]:
         expected = schema.column_type(name) if hasattr(schema, "column_type") else None
         if name not in names:
             if name in schema.required_columns():
+                required = ", ".join(schema.required_columns())
                 raise LeaderError(f"{label}: missing column {name} (the MEDS schema, meds "
-                                  f"{meds.__version__}, requires {', '.join(schema.required_columns())})")
+                                  f"{meds.__version__}, requires {required})")
             continue
         actual = arrow.field(name).type
         if expected is not None and not _type_ok(actual, expected):

@@ -80,7 +80,8 @@ class Vocabulary:
                 lit = v if isinstance(v, pl.Expr) else pl.lit(v, dtype)
                 chain = (pl.when(rule.matches(code)).then(lit) if chain is None
                          else chain.when(rule.matches(code)).then(lit))
-            return chain.otherwise(pl.lit(None, dtype)) if chain is not None else pl.lit(None, dtype)
+            none = pl.lit(None, dtype)
+            return chain.otherwise(none) if chain is not None else none
 
         r = self.rules
         return [
