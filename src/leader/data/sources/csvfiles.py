@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from leader.errors import LeaderError
@@ -23,8 +24,8 @@ from leader.errors import LeaderError
 CSV_SUFFIXES = (".csv.gz", ".csv")
 ALL_SUFFIXES = (".csv.gz", ".csv", ".parquet")
 # One CSV record on one physical line: unquoted fields without quotes, or quoted ones with "".
-_FIELD = r'(?:[^",\r\n]*|"(?:[^"]|"")*")'
-_RECORD = re.compile(rf"{_FIELD}(?:,{_FIELD})*\r?\n?", re.DOTALL)
+_FIELD = r'(?:[^",\r\n]*|"(?:[^"\r\n]|"")*")'
+_RECORD = re.compile(rf"{_FIELD}(?:,{_FIELD})*\r?\n?")
 
 
 def find_table(directory: Path, stem: str, suffixes: tuple[str, ...] = CSV_SUFFIXES) -> Path:
@@ -66,7 +67,7 @@ def read_header(path: Path, label: str | None = None) -> list[str]:
     if is_parquet(path):
         try:
             names = pq.read_schema(path).names
-        except (OSError, pq.lib.ArrowException) as e:
+        except (OSError, pa.ArrowException) as e:
             raise LeaderError(f"{label}: not a readable Parquet file ({_first_line(e)})") from None
     else:
         try:
@@ -137,30 +138,49 @@ def read_error(e: BaseException, label: str, path: Path | None) -> LeaderError:
     return LeaderError(f"{label} row {row}: cannot parse as CSV ({why})")
 
 
-def _records(path: Path) -> Iterator[tuple[int, str]]:
-    """(data row number, raw text) per CSV record: lines joined while a quote is open."""
-    with _open_text(path) as f:
-        f.readline()  # header
-        row, pending = 0, ""
-        for line in f:
-            pending += line
-            if pending.count('"') % 2:
-                continue  # a quoted field runs on to the next line
-            row += 1
-            yield row, pending
-            pending = ""
-        if pending:
-            yield row + 1, pending
+def _record_error(line: str, more: Iterator[str]) -> str | None:
+    """Walk one record (pulling lines from ``more`` while a quoted field is open): why it is
+    not well-formed CSV, or None."""
+    state = "start"
+    while True:
+        for ch in line:
+            if state == "quoted":
+                state = "closing" if ch == '"' else "quoted"
+            elif state == "closing":
+                if ch == '"':
+                    state = "quoted"
+                elif ch in ",\r\n":
+                    state = "start"
+                else:
+                    return "text after a closing quote"
+            elif ch == '"':
+                if state == "unquoted":
+                    return "a quote inside an unquoted field"
+                state = "quoted"
+            else:
+                state = "start" if ch in ",\r\n" else "unquoted"
+        if state != "quoted":
+            return None
+        line = next(more, None)
+        if line is None:
+            return "a quoted field is never closed"
 
 
 def locate_malformed(path: Path) -> tuple[int, str] | None:
     """The first data row that is not a well-formed CSV record (bad quoting), or None.
 
-    Only called after polars failed, so its Python loop costs nothing on good files.
+    Only called after polars failed; well-formed lines pass one compiled regex, so the Python
+    walk runs only on the suspicious ones.
     """
-    for row, text in _records(path):
-        if not _RECORD.fullmatch(text):
-            if text.count('"') % 2:
-                return row, "a quoted field is never closed"
-            return row, "a quote inside an unquoted field"
+    with _open_text(path) as f:
+        f.readline()  # header
+        lines = iter(f)
+        row = 0
+        for line in lines:
+            row += 1
+            if _RECORD.fullmatch(line):
+                continue
+            why = _record_error(line, lines)
+            if why:
+                return row, why
     return None
