@@ -133,12 +133,15 @@ def _data(root: Path, visit_option: str | None,
 
 def _with_visits_from_admissions(events: pl.LazyFrame) -> pl.LazyFrame:
     """No visit-id column: each admission event opens a visit (id: its row number) that the
-    subject's later events join, up to the next admission."""
+    subject's events join from the admission's calendar day on (converters often time a
+    procedure at midnight of its date), up to the next admission."""
     starts = events.filter(pl.col("_kind") == "admission").select(
-        "subject_id", "time", pl.col("_row").cast(pl.String).alias("_visit")
+        "subject_id", pl.col("time").dt.truncate("1d"),
+        pl.col("_row").cast(pl.String).alias("_visit"),
     ).drop_nulls("time").sort("time")
     timed = events.filter(pl.col("time").is_not_null()).sort("time")
-    joined = timed.join_asof(starts, on="time", by="subject_id", strategy="backward")
+    joined = timed.join_asof(starts, on="time", by="subject_id", strategy="backward",
+                             check_sortedness=False)  # both sorted by time just above
     static = events.filter(pl.col("time").is_null()).with_columns(
         pl.lit(None, pl.String).alias("_visit"))
     return pl.concat([joined, static], how="vertical").sort("_row").with_columns(
