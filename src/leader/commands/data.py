@@ -47,9 +47,9 @@ def parse_options(items: list[str]) -> dict[str, str]:
 
 
 def _source_help() -> str:
-    return "Raw data format, one of: " + "; ".join(
-        f"{n} ({sources.get(n).title})" for n in sources.names()
-    ) + "."
+    """The registered names (without importing the source modules: CLI start-up stays quick)."""
+    names = sources.names()
+    return f"Raw data format: {', '.join(names[:-1])} or {names[-1]} (docs/data.md)."
 
 
 def _table(title: str, rows: dict) -> Table:

@@ -8,10 +8,14 @@ the distillation and synthetic-data code) asks :func:`get` instead of branching 
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from leader.data.sources.base import Source
-from leader.data.sources.frames import RawTables
 from leader.errors import LeaderError
+
+if TYPE_CHECKING:  # the modules load on first use: `leader --help` stays quick
+    from leader.data.sources.base import Source
+    from leader.data.sources.frames import RawTables
 
 MODULES = ("mimic3", "mimic4", "omop", "meds")
 
@@ -40,9 +44,7 @@ def synth_formats() -> tuple[str, ...]:
 
 def read(name: str, root, options: dict[str, str] | None = None) -> RawTables:
     """Read ``root`` as source ``name`` into canonical lazy frames."""
-    from pathlib import Path
-
-    return get(name).read(Path(root) if not isinstance(root, Path) else root, options or {})
+    return get(name).read(Path(root), options or {})
 
 
-__all__ = ["RawTables", "Source", "distill_weights", "get", "names", "read", "synth_formats"]
+__all__ = ["distill_weights", "get", "names", "read", "synth_formats"]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
+from leader.data.sources.csvfiles import read_error
 from leader.errors import LeaderError
 
 # the last two: ISO 8601 with a T, and Parquet timestamps read back as text (OMOP, MEDS)
@@ -184,8 +185,6 @@ def visit_profile(admissions: pl.DataFrame, patients: pl.DataFrame) -> pl.DataFr
 
 def collect_checked(lf: pl.LazyFrame, label: str, path: Path | None = None) -> pl.DataFrame:
     """Collect (streaming), turn read failures and malformed rows into a one-line LeaderError."""
-    from leader.data.sources.csvfiles import read_error
-
     try:
         df = lf.collect(engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as e:
