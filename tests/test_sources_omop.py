@@ -157,3 +157,20 @@ def test_synth_cli_writes_omop(tmp_path):
     assert concept["concept_id"].n_unique() == concept.height
     assert {"ICD9CM", "ICD10CM", "ICD9Proc", "ICD10PCS", "RxNorm", "ATC"} <= set(
         concept["vocabulary_id"])
+
+
+def test_corrupt_or_duplicated_parquet_table(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = write(tmp_path / "omop")
+    path = root / "person.parquet"
+    table = pq.read_table(path)
+    pq.write_table(pa.Table.from_arrays([*table.columns, table.column("person_id")],
+                                        names=[*table.column_names, "PERSON_ID"]), path)
+    with pytest.raises(LeaderError, match="person.parquet: duplicated column 'PERSON_ID'"):
+        prepare("omop", root, tmp_path / "out")
+    path.write_bytes(b"PAR1 cut short")
+    with pytest.raises(LeaderError, match="person.parquet: not a readable Parquet file"):
+        prepare("omop", root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
