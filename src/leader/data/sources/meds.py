@@ -29,10 +29,8 @@ from leader.data.sources.frames import (
     RawTables,
     check_root,
     clean_str,
-    events_frame,
     file_label,
     icd_key_expr,
-    prescriptions_frame,
 )
 from leader.errors import LeaderError
 
@@ -97,8 +95,9 @@ def _dataset_metadata(root: Path) -> None:
 def _data(root: Path, visit_option: str | None,
           vocab: meds_vocabulary.Vocabulary
           ) -> tuple[pl.LazyFrame, dict[str, Path], str | None, set[str]]:
-    """All data shards as one frame: subject_id, time, code, visit_id (text), the order column
-    where present, ``_row``; plus the files, the visit column used and the columns present."""
+    """All data shards as one frame: subject_id, time, code, visit_id (Int64; ``_visit_raw``
+    keeps the text of a non-integer column for error messages), the order column where present,
+    ``_row``; plus the files, the visit column used and the columns present."""
     data_dir = root / meds.data_subdirectory
     files = sorted(data_dir.rglob("*.parquet")) if data_dir.is_dir() else []
     if not files:
@@ -119,8 +118,14 @@ def _data(root: Path, visit_option: str | None,
     scans = []
     for label, f in labels.items():
         cols = [pl.col("subject_id"), pl.col("time").cast(pl.Datetime("us")), pl.col("code")]
-        cols.append(pl.col(visit).cast(pl.String).alias("visit_id") if visit in columns[label]
-                    else pl.lit(None, pl.String).alias("visit_id"))
+        if visit in columns[label]:
+            integer = pa.types.is_integer(pq.read_schema(f).field(visit).type)
+            raw = pl.lit(None, pl.String) if integer else clean_str(pl.col(visit).cast(pl.String))
+            cols += [pl.col(visit).cast(pl.Int64, strict=False).alias("visit_id"),
+                     raw.alias("_visit_raw")]
+        else:
+            cols += [pl.lit(None, pl.Int64).alias("visit_id"),
+                     pl.lit(None, pl.String).alias("_visit_raw")]
         if vocab.order_column in present:
             order = vocab.order_column
             cols.append(pl.col(order).cast(pl.String) if order in columns[label]
@@ -137,13 +142,13 @@ def _with_visits_from_admissions(events: pl.LazyFrame) -> pl.LazyFrame:
     procedure at midnight of its date), up to the next admission."""
     starts = events.filter(pl.col("_kind") == "admission").select(
         "subject_id", pl.col("time").dt.truncate("1d"),
-        pl.col("_row").cast(pl.String).alias("_visit"),
+        pl.col("_row").alias("_visit"),
     ).drop_nulls("time").sort("time")
     timed = events.filter(pl.col("time").is_not_null()).sort("time")
     joined = timed.join_asof(starts, on="time", by="subject_id", strategy="backward",
                              check_sortedness=False)  # both sorted by time just above
     static = events.filter(pl.col("time").is_null()).with_columns(
-        pl.lit(None, pl.String).alias("_visit"))
+        pl.lit(None, pl.Int64).alias("_visit"))
     return pl.concat([joined, static], how="vertical").sort("_row").with_columns(
         pl.col("_visit").alias("visit_id")).drop("_visit")
 
@@ -197,25 +202,37 @@ def read(root: Path, options: Mapping[str, str]) -> RawTables:
     root = check_root(Path(root), NAME)
     _dataset_metadata(root)
     data, files, visit_column, present = _data(root, options.get("visit_id"), vocab)
-    events = data.with_columns(vocab.classify(pl.col("code"))).filter(
-        pl.col("_kind").is_not_null())
-    if visit_column is None:
-        events = _with_visits_from_admissions(events)
     visit_fields, subject_fields = vocab.fields("visit"), vocab.fields("subject")
     kind, field = pl.col("_kind"), pl.col("_field")
+
+    def events_of(*kinds: str) -> pl.LazyFrame:
+        """Rows whose code is of ``kinds``: a cheap prefix pre-filter, then the classification
+        (so each frame's collect classifies only its own share of the data)."""
+        wanted = (*kinds, "admission") if visit_column is None else kinds
+        lf = data.filter(vocab.matches_kind(pl.col("code"), wanted)).with_columns(
+            vocab.classify(pl.col("code"))).filter(kind.is_in(wanted))
+        if visit_column is None:
+            lf = _with_visits_from_admissions(lf)
+        return lf.filter(kind.is_in(kinds))
+
+    bad_visit = pl.when(pl.col("_visit_raw").is_not_null() & pl.col("visit_id").is_null()).then(
+        pl.format("column visit_id: expected an integer visit id, got '{}'", pl.col("_visit_raw")))
 
     def value_of(name: str) -> pl.Expr:
         return clean_str(pl.col("_value").filter(field == name).first()).alias(name)
 
-    visit_level = events.filter(kind.is_in(["admission", "profile"])
-                                & (pl.col("_level") == "visit") | (kind == "admission"))
-    admissions = visit_level.drop_nulls("visit_id").group_by("visit_id").agg(
-        pl.col("_row").min(), pl.col("subject_id").first().alias("patient_id"),
+    visit_level = events_of("admission", "profile").filter(
+        (pl.col("_level") == "visit") | (kind == "admission"))
+    admissions = visit_level.with_columns(bad_visit.alias("_bad")).filter(
+        pl.col("visit_id").is_not_null() | pl.col("_bad").is_not_null()
+    ).group_by("visit_id", "_visit_raw").agg(
+        pl.col("_row").min(), pl.col("_bad").first(),
+        pl.col("subject_id").first().alias("patient_id"),
         pl.col("time").filter(kind == "admission").min().alias("admittime"),
         (kind == "admission").any().alias("_admitted"),
         *[value_of(f) for f in visit_fields],
     ).filter("_admitted")
-    by_subject = events.group_by("subject_id").agg(
+    by_subject = events_of("admission", "profile", "birth").group_by("subject_id").agg(
         pl.col("_row").min(),
         value_of("gender") if "gender" in subject_fields else pl.lit(None, pl.String)
         .alias("gender"),
@@ -228,14 +245,11 @@ def read(root: Path, options: Mapping[str, str]) -> RawTables:
             by_subject.select(pl.col("subject_id").alias("patient_id"), *extra),
             on="patient_id", how="left")
     fields = [f for f in vocab.profile_fields if f not in ("gender", "age")]
-    hadm = pl.col("visit_id").cast(pl.Int64, strict=False)
     admissions = admissions.select(
         "_row",
-        pl.when(hadm.is_null()).then(pl.format("column visit_id: expected an integer visit id, "
-                                               "got '{}'", pl.col("visit_id")))
-        .when(pl.col("admittime").is_null()).then(pl.lit("admission event without a time"))
-        .alias("_bad"),
-        "patient_id", hadm.alias("hadm_id"), "admittime",
+        pl.coalesce("_bad", pl.when(pl.col("admittime").is_null()).then(
+            pl.lit("admission event without a time"))).alias("_bad"),
+        "patient_id", pl.col("visit_id").alias("hadm_id"), "admittime",
         *[(pl.col(f) if f in visit_fields + extra else pl.lit(None, pl.String)).alias(f)
           for f in fields],
     )
@@ -247,28 +261,30 @@ def read(root: Path, options: Mapping[str, str]) -> RawTables:
     def coded(name: str) -> pl.LazyFrame:
         """Codes of a visit keep the order of ``order_column`` (meds_etl's ``seq_num``: the
         coding priority), then time, then the data's order."""
-        lf = events.filter(kind == name)
+        lf = events_of(name)
         if vocab.order_column in present:
             order = pl.col(vocab.order_column).cast(pl.Int64, strict=False)
             lf = lf.sort([pl.col("visit_id"), order, pl.col("time"), pl.col("_row")],
                          nulls_last=True).with_columns(
                 pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("_row"))
-        return events_frame(lf, "visit_id", icd_key_expr(pl.col("_value"), pl.col("_version")))
+        return lf.select("_row", bad_visit.alias("_bad"), pl.col("visit_id").alias("hadm_id"),
+                         icd_key_expr(pl.col("_value"), pl.col("_version")).alias("code"))
 
-    drugs = events.filter(kind == "drug")
+    drugs = events_of("drug")
     route = pl.col("_route")
     parent = _drug_parents(root, vocab)
     if parent is not None:
         drugs = drugs.join(parent, on="code", how="left", maintain_order="left")
     else:
         drugs = drugs.with_columns(pl.lit(None, pl.String).alias("_parent_atc3"))
-    prescriptions = prescriptions_frame(drugs, "visit_id", {
-        "ndc": pl.when(route == "ndc").then(pl.col("_value")),
-        "gsn": pl.lit(None, pl.String),
-        "drug": pl.when(route == "name").then(pl.col("_value")),
-        "atc3": pl.when(route == "atc").then(atc3_expr(pl.col("_value")))
-        .otherwise(pl.col("_parent_atc3")),
-    })
+    prescriptions = drugs.select(
+        "_row", bad_visit.alias("_bad"), pl.col("visit_id").alias("hadm_id"),
+        pl.when(route == "ndc").then(pl.col("_value")).alias("ndc"),
+        pl.lit(None, pl.String).alias("gsn"),
+        clean_str(pl.when(route == "name").then(pl.col("_value"))).alias("drug"),
+        pl.when(route == "atc").then(atc3_expr(pl.col("_value")))
+        .otherwise(pl.col("_parent_atc3")).alias("atc3"),
+    )
     label = f"{meds.data_subdirectory}/"
     for meta in (meds.code_metadata_filepath, meds.subject_splits_filepath,
                  meds.dataset_metadata_filepath):

@@ -49,14 +49,6 @@ class Rule:
     def matches(self, code: pl.Expr) -> pl.Expr:
         return code.str.starts_with(self.prefix) if self.prefix is not None else code == self.code
 
-    def value(self, code: pl.Expr) -> pl.Expr:
-        if self.prefix is None:
-            return pl.lit(None, pl.String)
-        value = code.str.slice(len(self.prefix))
-        if self.separator:
-            value = value.str.split(self.separator).list.first()
-        return value
-
 
 @dataclass(frozen=True)
 class Vocabulary:
@@ -72,25 +64,41 @@ class Vocabulary:
             r.field for r in self.rules
             if r.kind in ("profile", "admission") and r.field and r.level == level))
 
+    def matches_kind(self, code: pl.Expr, kinds: tuple[str, ...]) -> pl.Expr:
+        """A cheap pre-filter: the code matches some rule of ``kinds`` (``classify`` decides)."""
+        tests = [r.matches(code) for r in self.rules if r.kind in kinds]
+        return pl.any_horizontal(tests) if tests else pl.lit(False)
+
     def classify(self, code: pl.Expr) -> list[pl.Expr]:
-        """``_kind``, ``_value``, ``_version``, ``_route``, ``_field``, ``_level`` per code."""
-        def pick(values: list[object], dtype) -> pl.Expr:
-            chain = None
-            for rule, v in zip(self.rules, values, strict=True):
-                lit = v if isinstance(v, pl.Expr) else pl.lit(v, dtype)
-                chain = (pl.when(rule.matches(code)).then(lit) if chain is None
-                         else chain.when(rule.matches(code)).then(lit))
-            none = pl.lit(None, dtype)
-            return chain.otherwise(none) if chain is not None else none
+        """``_kind``, ``_value``, ``_version``, ``_route``, ``_field``, ``_level`` per code.
+
+        One pass of prefix tests finds the first matching rule; the rest are lookups by its
+        index (a code is scanned once per rule, not once per rule and output column).
+        """
+        chain = None
+        for i, rule in enumerate(self.rules):
+            test = rule.matches(code)
+            chain = pl.when(test).then(i) if chain is None else chain.when(test).then(i)
+        index = chain.otherwise(None).cast(pl.Int16)
+
+        def lookup(values: list[object], dtype) -> pl.Expr:
+            table = dict(enumerate(values))
+            return index.replace_strict(table, default=None, return_dtype=dtype)
 
         r = self.rules
+        skip = lookup([len(x.prefix) if x.prefix is not None else None for x in r], pl.Int64)
+        value = code.str.slice(skip)
+        split = [i for i, x in enumerate(r) if x.separator]
+        for i in split:
+            value = pl.when(index == i).then(
+                value.str.split(r[i].separator).list.first()).otherwise(value)
         return [
-            pick([x.kind for x in r], pl.String).alias("_kind"),
-            pick([x.value(code) for x in r], pl.String).alias("_value"),
-            pick([x.icd_version for x in r], pl.Int64).alias("_version"),
-            pick([x.route for x in r], pl.String).alias("_route"),
-            pick([x.field for x in r], pl.String).alias("_field"),
-            pick([x.level for x in r], pl.String).alias("_level"),
+            lookup([x.kind for x in r], pl.String).alias("_kind"),
+            value.alias("_value"),
+            lookup([x.icd_version for x in r], pl.Int64).alias("_version"),
+            lookup([x.route for x in r], pl.String).alias("_route"),
+            lookup([x.field for x in r], pl.String).alias("_field"),
+            lookup([x.level for x in r], pl.String).alias("_level"),
         ]
 
 
