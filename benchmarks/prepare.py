@@ -1,11 +1,16 @@
-"""Benchmark `leader synth` and `leader prepare` at MIMIC-III and MIMIC-IV scale.
+"""Benchmark `leader synth` and `leader prepare` at MIMIC-III and MIMIC-IV scale, per source.
 
 Each step runs as its own child process (the installed `leader` CLI), so its wall time and peak
 RSS (from ``os.wait4``) are its own and not mixed with this script's. Goal for `prepare` at
 MIMIC-IV scale: under 120 s and 6 GiB peak RSS on 2 cores.
 
-    .venv/bin/python benchmarks/prepare.py [--scales mimic3,mimic4] [--out bench-out]
-        [--report benchmarks/results/prepare.md]
+`omop` is `leader synth --format omop` at MIMIC-IV scale; `meds` is meds_etl's conversion of the
+`mimic4` draw (run `mimic4` first or keep its RAW dir), made with scripts/meds-etl-convert.sh
+from the meds_etl environment given by ``--meds-etl-venv``. Both are prepared with MIMIC-IV's
+rules (``--top-procedures 1000``), so the three MIMIC-IV-scale runs do the same cohort work.
+
+    .venv/bin/python benchmarks/prepare.py [--scales mimic3,mimic4,omop,meds] [--out bench-out]
+        [--meds-etl-venv /tmp/medsetl-venv] [--report benchmarks/results/prepare.md]
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from pathlib import Path
 
 # format -> patients (MIMIC-III v1.4: 46k patients / 59k admissions / 4.2M prescription rows;
 # MIMIC-IV v2.2: 300k / 431k / 15.4M)
-SCALES = {"mimic3": 46_000, "mimic4": 300_000}
+SCALES = {"mimic3": 46_000, "mimic4": 300_000, "omop": 300_000, "meds": 300_000}
+SAME_RULES_AS_MIMIC4 = ["--top-procedures", "1000"]
+EXTRA_ARGS = {"omop": SAME_RULES_AS_MIMIC4, "meds": SAME_RULES_AS_MIMIC4}
+CONVERT = Path(__file__).resolve().parent.parent / "scripts" / "meds-etl-convert.sh"
 GOAL_SECONDS, GOAL_GIB = 120, 6
 
 
@@ -53,6 +61,8 @@ def main() -> int:
     ap.add_argument("--patients", type=int, help="override the patient count (smoke runs)")
     ap.add_argument("--skip-synth", action="store_true", help="reuse RAW dirs already there")
     ap.add_argument("--report", type=Path, help="write the results as Markdown here")
+    ap.add_argument("--meds-etl-venv", type=Path, default=Path("/tmp/medsetl-venv"),
+                    help="virtual environment with meds_etl (polars < 2) for the meds scale")
     args = ap.parse_args()
     leader = str(Path(sys.executable).parent / "leader")
     results = []
@@ -60,19 +70,24 @@ def main() -> int:
         patients = args.patients or SCALES[fmt]
         raw, data = args.out / f"raw-{fmt}", args.out / f"data-{fmt}"
         row: dict = {"format": fmt, "patients": patients}
-        if not args.skip_synth:
+        drawn = args.out / "raw-mimic4" if fmt == "meds" else raw
+        if not args.skip_synth and fmt == "meds":
+            row["synth"] = run(["bash", str(CONVERT), str(drawn), str(raw),
+                                str(args.meds_etl_venv)])
+        elif not args.skip_synth:
             row["synth"] = run([leader, "synth", "--format", fmt, "--patients", str(patients),
                                 "--out", str(raw), "--seed", str(args.seed), "--force"])
+        if "synth" in row:
             print(f"[{fmt}] synth: {row['synth']['seconds']} s, "
                   f"{row['synth']['peak_rss_gib']} GiB, rc {row['synth']['rc']}", flush=True)
             if row["synth"]["rc"] != 0:
                 print(row["synth"]["tail"])
                 return 1
-        synth_manifest = json.loads((raw / "synth_manifest.json").read_text())
+        synth_manifest = json.loads((drawn / "synth_manifest.json").read_text())
         row["admissions"] = synth_manifest["admissions"]
         row["rows"] = synth_manifest["rows"]
         row["prepare"] = run([leader, "prepare", "--source", fmt, "--root", str(raw),
-                              "--out", str(data), "--force"])
+                              "--out", str(data), "--force", *EXTRA_ARGS.get(fmt, [])])
         print(f"[{fmt}] prepare: {row['prepare']['seconds']} s, "
               f"{row['prepare']['peak_rss_gib']} GiB, rc {row['prepare']['rc']}", flush=True)
         if row["prepare"]["rc"] != 0:
@@ -88,7 +103,7 @@ def main() -> int:
 
 def write_report(path: Path, results: list[dict], argv: str) -> None:
     lines = [
-        "# `leader prepare` benchmark (synthetic MIMIC-scale raw tables)",
+        "# `leader prepare` benchmark (synthetic MIMIC-scale raw tables, every source)",
         "",
         f"Command: `.venv/bin/python {argv}`",
         "",
@@ -101,12 +116,14 @@ def write_report(path: Path, results: list[dict], argv: str) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        rx = next(v for k, v in r["rows"].items() if "prescriptions" in k.lower())
+        rx = next(v for k, v in r["rows"].items()
+                  if "prescriptions" in k.lower() or "drug_exposure" in k)
         for step in ("synth", "prepare"):
             if step in r:
                 s = r[step]
+                name = "meds_etl convert" if step == "synth" and r["format"] == "meds" else step
                 lines.append(
-                    f"| {r['format']} | {r['patients']:,} | {r['admissions']:,} | {rx:,} | {step} "
+                    f"| {r['format']} | {r['patients']:,} | {r['admissions']:,} | {rx:,} | {name} "
                     f"| {s['seconds']} | {s['cpu_seconds']} | {s['peak_rss_gib']} "
                     f"| {s.get('load', '')} |"
                 )

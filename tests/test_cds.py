@@ -116,7 +116,7 @@ def app(bundles):
 
 @pytest.fixture(scope="module")
 def client(app):
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 def test_discovery(client):
@@ -255,7 +255,8 @@ def test_bad_input_is_4xx_never_5xx(client, tiny_data):
 
 def test_auth_applies_to_cds(bundles, tiny_data):
     token = "s3cret-token-of-some-length"
-    client = TestClient(create_app(leader.load(bundles["ddi"]), ServeSettings(token=token)))
+    client = TestClient(create_app(leader.load(bundles["ddi"]), ServeSettings(token=token)),
+                        base_url="http://127.0.0.1")
     assert client.get("/cds-services").status_code == 401
     ok = client.get("/cds-services", headers={"authorization": f"Bearer {token}"})
     assert ok.status_code == 200

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import NOT_ASCII_DIGITS, age_bundle, make_bundle, run_cli, simple_patient
+from leader.data.mimic import demo_root
 from safetensors.torch import load_file, save_file
 
 from leader.artifacts import sha256_file
-from leader.data.mimic import demo_root
 
 
 @dataclass
@@ -182,9 +182,6 @@ def bad_crc_gzip(data: bytes) -> bytes:
     return bytes(packed)
 
 
-OTHER_BRANCH = pytest.mark.xfail(
-    strict=True, reason="CSV reading (mimic.py) is fixed on the data-sources branch"
-)
 DIGEST = "0" * 64
 CASES = [
     # finding 1: ages that are not JSON whole numbers 0-150, and FHIR ages
@@ -253,15 +250,15 @@ CASES = [
     pytest.param(ddi_file("N02B,A01A,B01A\n"), "columns", id="ddi-three-columns"),
     pytest.param(ddi_file("N02B,A01A\nN02B,\xe9\n".encode("latin-1")), "pairs.csv",
                  id="ddi-latin-1"),
-    # CSV faults in the raw tables (owned by the data-sources branch)
+    # CSV faults in the raw tables
     pytest.param(raw_table("DIAGNOSES_ICD.csv", lambda d: d.replace(
         b"row_id,subject_id,hadm_id,seq_num,icd9_code",
         b"icd9_code,subject_id,hadm_id,seq_num,icd9_code")), "icd9_code",
-        id="csv-duplicate-column", marks=OTHER_BRANCH),
+        id="csv-duplicate-column"),
     pytest.param(raw_table("DIAGNOSES_ICD.csv", truncated_gzip, gz=True), "DIAGNOSES_ICD",
-                 id="gzip-truncated", marks=OTHER_BRANCH),
+                 id="gzip-truncated"),
     pytest.param(raw_table("DIAGNOSES_ICD.csv", bad_crc_gzip, gz=True), "DIAGNOSES_ICD",
-                 id="gzip-bad-crc", marks=OTHER_BRANCH),
+                 id="gzip-bad-crc"),
     pytest.param(raw_table("PATIENTS.csv", lambda d: b""), "PATIENTS.csv", id="csv-empty"),
     pytest.param(raw_table("PATIENTS.csv", lambda d: d.split(b"\n")[0] + b"\n"), "PATIENTS",
                  id="csv-header-only", marks=pytest.mark.xfail(strict=True, reason=(

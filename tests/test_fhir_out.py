@@ -18,7 +18,8 @@ FHIR = "application/fhir+json"
 
 @pytest.fixture(scope="module")
 def client(bundles):
-    return TestClient(create_app(leader.load(bundles["ddi"]), ServeSettings()))
+    return TestClient(create_app(leader.load(bundles["ddi"]), ServeSettings()),
+                      base_url="http://127.0.0.1")
 
 
 def check_bundle(body: dict, pair: tuple[str, str]) -> None:

@@ -13,7 +13,7 @@ from leader.artifacts import sha256_file
 from leader.data.cohort import STATS_KEYS, PrepareConfig, prepare
 from leader.data.dataset import UNKNOWN, Dataset, age_bucket
 from leader.data.ddi import load_pairs
-from leader.data.mimic import PROFILE_FIELDS, demo_root
+from leader.data.sources.mimic3 import PROFILE_FIELDS, demo_root
 
 DEMO_TABLES = [
     "ADMISSIONS.csv", "PATIENTS.csv", "DIAGNOSES_ICD.csv", "PROCEDURES_ICD.csv",
@@ -103,15 +103,15 @@ def test_every_visit_has_all_three_kinds_and_ordered(demo):
 
 def test_profile_columns_and_vocab(demo):
     v = demo.visits
-    assert demo.manifest["profile_fields"] == PROFILE_FIELDS["mimic3"]
-    for f in PROFILE_FIELDS["mimic3"]:
+    assert demo.manifest["profile_fields"] == list(PROFILE_FIELDS)
+    for f in list(PROFILE_FIELDS):
         assert f in v.columns
-    text = [f for f in PROFILE_FIELDS["mimic3"] if f != "age"]
+    text = [f for f in list(PROFILE_FIELDS) if f != "age"]
     assert v.select(pl.any_horizontal(pl.col(text).is_null())).to_series().sum() == 0
     assert (v["language"] == UNKNOWN).any()  # the demo leaves some languages empty
     assert v["age"].max() == 90 and v["age"].min() >= 0  # >89 shifted ages capped at 90
     train = v.filter(pl.col("split") == "train")
-    for f in PROFILE_FIELDS["mimic3"]:
+    for f in list(PROFILE_FIELDS):
         values = train[f].to_list()
         if f == "age":
             values = [age_bucket(a) for a in values]

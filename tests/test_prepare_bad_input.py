@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from leader.artifacts import sha256_file
-from leader.data.mimic import demo_root
+from leader.data.sources.mimic3 import demo_root
 
 TABLES = ["ADMISSIONS.csv", "PATIENTS.csv", "DIAGNOSES_ICD.csv", "PROCEDURES_ICD.csv",
           "PRESCRIPTIONS.csv", "D_ICD_DIAGNOSES.csv", "D_ICD_PROCEDURES.csv"]

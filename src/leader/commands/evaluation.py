@@ -10,11 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from leader.artifacts import write_json
+from leader.bundle import store_calibration
 from leader.cli import app
 from leader.commands.options import config_options, read_config_file
 from leader.commands.tables import fit_table, training_line
 from leader.configs import ConfigError
-from leader.evaluation import evaluate, protocol_line
+from leader.evaluation import evaluate, fit_calibration, protocol_line
 from leader.metrics import METRIC_LABELS, METRICS
 from leader.models.base import BASELINES, model_class
 from leader.pipelines import fit_model
@@ -94,8 +95,6 @@ def calibrate_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:
     """Fit a calibration on the val split and store it in the bundle (applied on load)."""
-    from leader.bundle import store_calibration
-    from leader.evaluation import fit_calibration
 
     cal = fit_calibration(model, data, method)
     written = store_calibration(model, cal, out, force)

@@ -18,7 +18,8 @@ from leader.errors import LeaderError
 
 @app.command("synth")
 def synth(
-    fmt: Annotated[str, typer.Option("--format", help="Raw layout to write: mimic3 or mimic4.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="Raw layout to write: mimic3, mimic4 or omop.")],
     patients: Annotated[int, typer.Option(help="Number of patients to generate.")],
     out: Annotated[Path, typer.Option(help="RAW_DIR to create.")],
     seed: Annotated[int, typer.Option(help="Seed of the generator and of the data.")] = 0,
@@ -32,7 +33,7 @@ def synth(
     rule_weight: Annotated[list[str] | None, typer.Option(
         help="RULE=WEIGHT: multiply a clinical rule's effects (repeatable; 0 = off).")] = None,
 ) -> None:
-    """Synthetic MIMIC-III / MIMIC-IV raw tables, with ground-truth drug probabilities."""
+    """Synthetic MIMIC-III / MIMIC-IV / OMOP raw tables, with ground-truth drug probabilities."""
     if generator != "clinical" and (without or rule_weight):
         raise LeaderError("--without / --rule-weight: only for --generator clinical")
     config = ClinicalConfig.parse(without, rule_weight)

@@ -1,8 +1,8 @@
-"""Raw MIMIC tables → the prepared cohort (DATA_DIR): the cohort rules of the LEADER lineage.
+"""Raw EHR tables → the prepared cohort (DATA_DIR): the cohort rules of the LEADER lineage.
 
 Order of work, each step counted in the manifest so a reader can see where rows and visits went:
 
-1. read the seven tables (``mimic.py``), map prescriptions to ATC3 (``drugs.py``);
+1. read the source (``sources/``, canonical frames), map prescriptions to ATC3 (``drugs.py``);
 2. per code kind: drop rows without a code or with an admission that ADMISSIONS lacks,
    de-duplicate (admission, code), keep the top-k codes by the number of admissions using them;
 3. keep a visit only with ≥1 diagnosis, ≥1 procedure and ≥1 drug left, then drop patients with
@@ -24,8 +24,9 @@ import polars as pl
 from leader.artifacts import atomic_dir, check_can_write, sha256_file
 from leader.data import ddi as ddi_mod
 from leader.data import drugs as drug_map
+from leader.data import sources
 from leader.data.dataset import SPLITS, UNKNOWN, Vocab, age_bucket, write_dataset
-from leader.data.mimic import SOURCES, RawTables, collect_checked, read_tables, visit_profile
+from leader.data.sources.frames import RawTables, visit_profile
 from leader.errors import LeaderError
 
 Progress = Callable[[str], None]
@@ -48,14 +49,14 @@ class PrepareConfig:
     min_visits: int = 1  # 1 keeps single-visit patients; 2 is the GAMENet/SafeDrug cohort
     patient_fraction: float = 1.0  # a seeded share of patients (LEADER's MIMIC-IV: 0.15)
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split_from_data: bool = False  # the dataset's own split (MEDS subject_splits), not ours
     seed: int = 42
     ddi: str | None = None  # a CSV of ATC3 pairs; None = the bundled TWOSIDES-derived pairs
 
     @classmethod
     def for_source(cls, source: str, **overrides) -> PrepareConfig:
         """Defaults of ``source`` (MIMIC-IV caps procedures at 1000), then ``overrides``."""
-        defaults = {"top_procedures": 1000} if source == "mimic4" else {}
-        return cls(**{**defaults, **overrides})
+        return cls(**{**sources.get(source).prepare_defaults, **overrides})
 
     def validate(self) -> None:
         for name in ("top_drugs", "top_diagnoses", "top_procedures"):
@@ -167,8 +168,9 @@ def _vocab(visits: pl.DataFrame, kind: str, titles: dict[str, str]) -> tuple[Voc
     return Vocab(codes, names, counts["len"].to_list()), missing
 
 
-def _titles(lf: pl.LazyFrame, label: str) -> dict[str, str]:
-    frame = collect_checked(lf.drop_nulls(["code", "title"]).unique("code", keep="first"), label)
+def _titles(raw: RawTables, table: str) -> dict[str, str]:
+    lf = getattr(raw, table).drop_nulls(["code", "title"]).unique("code", keep="first")
+    frame = raw.collect(table, lf)
     return dict(zip(frame["code"], frame["title"], strict=True))
 
 
@@ -205,7 +207,42 @@ def _stats(visits: pl.DataFrame, vocab: dict[str, Vocab], pairs: list, rate: flo
 
 
 def _input_hashes(raw: RawTables) -> dict[str, str]:
-    return {raw.label(t): sha256_file(p) for t, p in raw.files.items()}
+    return {label: sha256_file(p) for label, p in raw.files.items()}
+
+
+def _data_split(raw: RawTables, visits: pl.DataFrame, drops: dict) -> pl.DataFrame:
+    """Patients → the split the dataset itself ships (MEDS ``subject_splits``); patients it
+    does not list are dropped and counted."""
+    if raw.splits is None:
+        raise LeaderError(
+            f"{raw.root}: source {raw.source} has no split of its own; expected a seeded split "
+            "(train,val,test shares) instead"
+        )
+    splits = raw.collect("splits").unique("patient_id", keep="first", maintain_order=True)
+    missing = visits.join(splits, on="patient_id", how="anti")
+    drops["patients_not_in_data_split"] = missing["patient_id"].n_unique()
+    return splits
+
+
+def _map_drugs(raw: RawTables, drop_ndc_zero: bool) -> tuple[pl.DataFrame, dict]:
+    """Prescription rows → (hadm_id, atc3) through the NDC/GSN/name routes, or through the
+    source's own vocabulary (``atc3`` already set, route ``vocabulary``) where it names a class."""
+    lf = raw.prescriptions
+    vocabulary = "atc3" in lf.collect_schema().names()
+    if vocabulary:
+        lf = lf.rename({"atc3": "_atc_vocab"})
+    mapped = drug_map.map_prescriptions(lf, drop_ndc_zero)
+    if vocabulary:
+        known = pl.col("_atc_vocab").is_not_null()
+        mapped = mapped.with_columns(
+            pl.when(known).then(pl.lit("vocabulary")).otherwise("route").alias("route"),
+            pl.coalesce("_atc_vocab", "atc3").alias("atc3"),
+        )
+    rx = raw.collect("prescriptions", mapped.select("_row", "_bad", "hadm_id", "route", "atc3"))
+    counts = drug_map.route_counts(rx)
+    if vocabulary:
+        counts = {"vocabulary": int((rx["route"] == "vocabulary").sum()), **counts}
+    return rx, {"prescription_rows": rx.height, **counts}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,11 +258,11 @@ def build_cohort(
     drops: dict[str, int] = {}
 
     step("reading admissions and patients")
-    admissions = collect_checked(raw.admissions, raw.label("admissions")).drop("_row")
+    admissions = raw.collect("admissions").drop("_row")
     before = admissions.height
     admissions = admissions.unique("hadm_id", keep="first", maintain_order=True)
     drops["admissions_duplicate_hadm_id"] = before - admissions.height
-    patients = collect_checked(raw.patients, raw.label("patients")).drop("_row")
+    patients = raw.collect("patients").drop("_row")
     patients = patients.unique("patient_id", keep="first", maintain_order=True)
     drops["admissions_without_patient"] = admissions.filter(
         ~pl.col("patient_id").is_in(patients["patient_id"].implode())
@@ -235,20 +272,14 @@ def build_cohort(
     hadm = admissions["hadm_id"]
 
     step("reading diagnoses")
-    dx = collect_checked(raw.diagnoses, raw.label("diagnoses"))
+    dx = raw.collect("diagnoses")
     dx = _codes_per_visit(dx, hadm, config.top_diagnoses, "diagnoses", drops)
     step("reading procedures")
-    px = collect_checked(raw.procedures, raw.label("procedures"))
+    px = raw.collect("procedures")
     px = _codes_per_visit(px, hadm, config.top_procedures, "procedures", drops)
 
     step("mapping prescriptions to ATC level 3")
-    rx = collect_checked(
-        drug_map.map_prescriptions(raw.prescriptions, config.drop_ndc_zero).select(
-            "_row", "_bad", "hadm_id", "route", "atc3"
-        ),
-        raw.label("prescriptions"),
-    )
-    mapping = {"prescription_rows": rx.height, **drug_map.route_counts(rx)}
+    rx, mapping = _map_drugs(raw, config.drop_ndc_zero)
     drops["prescription_rows_ndc_zero_or_empty"] = mapping["no_ndc"]
     drops["prescription_rows_unmapped"] = mapping["unmapped"]
     rx = rx.select("_row", "hadm_id", pl.col("atc3").alias("code")).drop_nulls("code")
@@ -256,7 +287,7 @@ def build_cohort(
 
     step("building visits")
     visits = (
-        visit_profile(raw.source, admissions, patients)
+        visit_profile(admissions, patients)
         .join(dx, on="hadm_id", how="left")
         .join(px, on="hadm_id", how="left")
         .join(rx, on="hadm_id", how="left")
@@ -277,7 +308,13 @@ def build_cohort(
             *[pl.col(f).fill_null(UNKNOWN) for f in text_fields],
         )
     )
-    visits = visits.join(_split(visits["patient_id"], config.split, config.seed), on="patient_id")
+    if config.split_from_data:
+        split = _data_split(raw, visits, drops)
+    else:
+        split = _split(visits["patient_id"], config.split, config.seed)
+    visits = visits.join(split, on="patient_id")
+    if visits.height == 0 or visits.filter(pl.col("split") == SPLITS[0]).height == 0:
+        raise LeaderError(f"{raw.root}: no visits of the train split left after the cohort rules")
     visits = visits.select(
         pl.col("patient_id").cast(pl.String),
         pl.col("hadm_id").cast(pl.String),
@@ -299,24 +336,25 @@ def prepare(
     config: PrepareConfig | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    options: dict[str, str] | None = None,
 ) -> dict:
     """Prepare the cohort of ``source`` tables under ``root`` into DATA_DIR ``out``; return
-    the manifest. Raises LeaderError on bad input, before anything is written."""
-    if source not in SOURCES:
-        raise LeaderError(f"--source {source!r}: expected one of {', '.join(SOURCES)}")
+    the manifest. ``options``: the source's own settings. Raises LeaderError on bad input,
+    before anything is written."""
+    sources.get(source)
     out = check_can_write(out, force)
     config = config or PrepareConfig.for_source(source)
     config.validate()
     step = progress or (lambda _msg: None)
     pairs, ddi_source = ddi_mod.load_pairs(config.ddi)  # a bad --ddi fails before the long work
 
-    raw = read_tables(source, root)
+    raw = sources.read(source, root, options)
     visits, bookkeeping = build_cohort(raw, config, step)
 
     step("vocabularies and titles")
     titles = {
-        "diagnoses": _titles(raw.dx_titles, raw.label("dx_titles")),
-        "procedures": _titles(raw.px_titles, raw.label("px_titles")),
+        "diagnoses": _titles(raw, "dx_titles"),
+        "procedures": _titles(raw, "px_titles"),
         "drugs": drug_map.atc3_names(),
     }
     vocab, titles_missing = {}, {}
@@ -334,6 +372,7 @@ def prepare(
         "source": source,
         "root": str(raw.root),
         "config": config.to_json(),
+        **({"source_options": dict(options)} if options else {}),
         "inputs": _input_hashes(raw),
         "resources": {
             **{f"drugs/{n}": sha256_file(drug_map.resource(n)) for n in drug_map.MAPPING_FILES},

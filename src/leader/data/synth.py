@@ -46,6 +46,7 @@ from leader.data.synth_model import (
     static_logits,
     visit_counts,
 )
+from leader.data.synth_omop import OmopWriters
 from leader.errors import LeaderError
 
 SYNTH_KIND = "leader-synth"
@@ -99,6 +100,8 @@ M4_COLUMNS = {
 STREAMED = ("admissions", "patients", "diagnoses_icd", "procedures_icd", "prescriptions")
 
 NOISE_SHARES = {"ndc0": 0.05, "unmapped": 0.02, "duplicate": 0.03}
+# formats written by re-shaping another format's draw: name → writer (its source_format: the draw)
+RESHAPED = {"omop": OmopWriters}
 
 
 # ----------------------------------------------------------------------------- one chunk → frames
@@ -420,8 +423,11 @@ def synthesize(
     (the original model, byte-identical to earlier releases for a seed). Returns the summary
     that also goes into the manifest.
     """
-    if fmt not in FORMATS:
-        raise LeaderError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    reshaped = RESHAPED.get(fmt)
+    if fmt not in FORMATS and reshaped is None:
+        raise LeaderError(f"--format: expected one of {', '.join((*FORMATS, *RESHAPED))}, "
+                          f"got {fmt!r}")
+    draw_fmt = reshaped.source_format if reshaped else fmt
     if generator not in GENERATORS:
         raise LeaderError(
             f"--generator: expected one of {', '.join(GENERATORS)}, got {generator!r}")
@@ -430,11 +436,11 @@ def synthesize(
     started = time.perf_counter()
     out = Path(out)
     with atomic_dir(out, force=force) as tmp:
-        model = build_model(fmt, seed)
+        model = build_model(draw_fmt, seed)
         rules = (synth_clinical.build_rules(model, seed, config) if generator == "clinical"
                  else None)
-        ids = _make_ids(fmt, patients, seed)
-        writers = _Writers(tmp, fmt)
+        ids = _make_ids(draw_fmt, patients, seed)
+        writers = reshaped(tmp) if reshaped else _Writers(tmp, fmt)
         schema = pa.schema([
             ("subject_id", pa.string()), ("hadm_id", pa.string()), ("visit_index", pa.int32()),
             ("drugs", pa.list_(pa.string())), ("prob", pa.list_(pa.float32())),

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from leader.configs import Config, ConfigError, option
+from leader.data import sources
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
 from leader.data.vocab import CODE_KINDS
@@ -39,9 +40,8 @@ from leader.models.base import MedModel, register
 from leader.train import FitContext, TrainConfig
 
 BUCKET = 128  # sets per transformer call in large batches (sorted by size: less padding)
-# LEADER's reference weights per data source: (alpha distillation, beta alignment); others
-# take MIMIC-III's
-REFERENCE_WEIGHTS = {"mimic3": (0.4, 0.005), "mimic4": (0.8, 0.01)}
+# LEADER's reference weights (alpha distillation, beta alignment) come from the data source's
+# module (leader.data.sources); a source without them takes MIMIC-III's
 FALLBACK_SOURCE = "mimic3"
 
 
@@ -82,7 +82,8 @@ class StudentConfig(Config):
 
     def resolved(self, source: str) -> StudentConfig:
         """α and β filled in from the data source's reference values (stated in the bundle)."""
-        alpha, beta = REFERENCE_WEIGHTS.get(source, REFERENCE_WEIGHTS[FALLBACK_SOURCE])
+        alpha, beta = (sources.distill_weights(source)
+                       or sources.distill_weights(FALLBACK_SOURCE))
         return self.replace(
             alpha=alpha if self.alpha is None else self.alpha,
             beta=(beta if self.beta is None else self.beta) if self.use_profile else 0.0,

@@ -444,7 +444,7 @@ def _document_errors(doc: dict, settings: ServeSettings) -> None:
 
 def run(recommender: Any, settings: ServeSettings, announce: Any = None) -> None:
     """Bind (a busy port is a one-line error), call ``announce``, serve until interrupted."""
-    from leader.serve.server import serve
+    from leader.serve.server import serve  # deferred on purpose: uvicorn, only to run
 
     serve(
         create_app(recommender, settings),
