@@ -70,16 +70,22 @@ def export_features(
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    encoded: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
-    """Write the features of every sample of every split; returns the index (with counts)."""
+    """Write the features of every sample of every split; returns the index (with counts).
+
+    ``encoded`` (split -> (hidden, logits) in the split's sample order) writes features already
+    computed by the teacher that was just saved to ``teacher_dir`` (train-teacher's export pass)
+    instead of loading it and encoding again.
+    """
     from leader.bundle import load
 
     teacher_dir = Path(teacher_dir)
     thash = teacher_hash(teacher_dir)
     data = _as_dataset(data_dir)
-    rec = load(teacher_dir)
-    teacher = rec.model
-    if rec.schema.drugs.codes != data.drugs.codes:
+    rec = load(teacher_dir) if encoded is None else None
+    teacher = rec.model if rec is not None else None
+    if rec is not None and rec.schema.drugs.codes != data.drugs.codes:
         raise LeaderError(
             f"{data.root}: its drug vocabulary differs from the teacher's; export features "
             "with the data the teacher was trained on"
@@ -92,7 +98,11 @@ def export_features(
     index: dict = {
         "teacher_hash": thash,
         "data_hash": data.data_hash,
-        "hidden_size": int(teacher.config.get("hidden_size", 0)),
+        "hidden_size": (
+            int(teacher.config.get("hidden_size", 0))
+            if teacher is not None
+            else int(next(iter(encoded.values()))[0].shape[1])
+        ),
         "drugs": len(data.drugs),
         "splits": {},
     }
@@ -111,15 +121,15 @@ def export_features(
                 if on_progress is not None:
                     on_progress(len(chunk))
                 continue
-            hidden, logits = [], []
-            for b in range(0, len(chunk), batch_size):
-                h, lg = teacher.encode(chunk[b : b + batch_size])
-                hidden.append(h)
-                logits.append(lg)
+            if encoded is not None:
+                hidden, logits = (t[start : start + shard_size] for t in encoded[split])
                 if on_progress is not None:
-                    on_progress(len(chunk[b : b + batch_size]))
+                    on_progress(len(chunk))
+            else:  # one call per shard: the teacher sorts the shard into similar-length batches
+                teacher.config["predict_batch_size"] = batch_size
+                hidden, logits = teacher.encode(chunk, on_progress)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            tensors = {"hidden": torch.cat(hidden), "logits": torch.cat(logits)}
+            tensors = {"hidden": hidden, "logits": logits}
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
             os.replace(tmp, path)
             done += len(chunk)

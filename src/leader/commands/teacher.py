@@ -43,6 +43,32 @@ def prompt_cmd(
     console.print(f"[dim]{note}[/dim]", highlight=False)
 
 
+@app.command("prompt-stats")
+def prompt_stats_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Prepared DATA_DIR.")],
+    split: Annotated[str | None, typer.Option(
+        help="train, val or test (default: all).", show_default=False)] = None,
+    history: Annotated[int, typer.Option(help="Earlier visits to include (the last K).")] = 3,
+    profile: Annotated[bool, typer.Option(help="Add the profile sentence.")] = False,
+    max_length: Annotated[int | None, typer.Option(
+        help="Token budget (default: none, full prompts).", show_default=False)] = None,
+    titles: Annotated[str, typer.Option(help="long or short code titles.")] = "long",
+    llm: Annotated[str, typer.Option(
+        help="Tokenizer: smollm2, tiny or a model directory.")] = "smollm2",
+) -> None:
+    """Prompt lengths (p50/p90/max tokens) and what a budget would cut, for every visit."""
+    from leader.prompts import prompt_stats
+
+    stats = prompt_stats(data_dir, split=split, history=history, profile=profile,
+                         max_length=max_length, titles=titles, llm=llm)
+    table = Table(title=f"prompts of {data_dir}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in stats.to_dict().items():
+        table.add_row(key, "-" if value is None else f"{value:,.0f}")
+    console.print(table)
+
+
 @app.command("train-teacher")
 def train_teacher_cmd(
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR.")],
@@ -55,15 +81,37 @@ def train_teacher_cmd(
     batch_size: Annotated[int, typer.Option(help="Prompts per step and process.")] = 8,
     grad_accum: Annotated[int, typer.Option(help="Batches per optimiser step.")] = 1,
     lr: Annotated[float, typer.Option(help="Learning rate (AdamW).")] = 2e-4,
-    max_length: Annotated[int, typer.Option(help="Token budget of a prompt.")] = 512,
+    max_length: Annotated[int | None, typer.Option(
+        help="Token budget of a prompt (default: 2048, capped at the backbone's positions).",
+        show_default=False)] = None,
     history: Annotated[int, typer.Option(help="Earlier visits in the prompt (last K).")] = 3,
     profile: Annotated[bool, typer.Option(help="Add the profile sentence to prompts.")] = False,
+    titles: Annotated[str, typer.Option(
+        help="Code titles in prompts: long, or short (MIMIC-III SHORT_TITLE).")] = "long",
+    max_batch_tokens: Annotated[int | None, typer.Option(
+        help="Cap on padded tokens per batch (rows x longest); 0: no cap.")] = 4096,
+    gradient_checkpointing: Annotated[bool, typer.Option(
+        help="Recompute activations in the backward pass: less memory, slower.")] = False,
+    train_layers: Annotated[int | None, typer.Option(
+        help="LoRA on the top K blocks only; the frozen lower blocks' output is cached "
+        "(a departure from the paper, for small machines). Default: all blocks.",
+        show_default=False)] = None,
+    quantize: Annotated[str | None, typer.Option(
+        help="Load the backbone in 4bit or 8bit (QLoRA; CUDA + bitsandbytes).",
+        show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        help="Torch threads per process on CPU (default 1: processes share small CPUs).")] = 1,
+    export: Annotated[bool, typer.Option(
+        "--export-features/--no-export-features",
+        help="Export the features in the same pass that scores val/test.")] = True,
     lora_r: Annotated[int, typer.Option(help="LoRA rank (0: train the drug layer only).")] = 8,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.1,
     margin_weight: Annotated[float, typer.Option(
         help="Weight of a multi-label margin loss added to BCE.")] = 0.0,
-    dtype: Annotated[str, typer.Option(help="Backbone precision: fp32 or bf16.")] = "fp32",
+    dtype: Annotated[str, typer.Option(
+        help="Backbone precision: auto (bf16 where the hardware has bf16 matrix units, else "
+        "fp32), fp32 or bf16.")] = "auto",
     eval_every: Annotated[int | None, typer.Option(
         help="Validate every N steps (default: every epoch).", show_default=False)] = None,
     patience: Annotated[int, typer.Option(help="Validations without improvement.")] = 10,
@@ -77,24 +125,36 @@ def train_teacher_cmd(
     config = {
         "llm": llm, "dtype": dtype, "lora_r": lora_r, "lora_alpha": lora_alpha,
         "lora_dropout": lora_dropout, "max_length": max_length, "history": history,
-        "profile": profile, "margin_weight": margin_weight,
+        "profile": profile, "margin_weight": margin_weight, "titles": titles,
+        "max_batch_tokens": max_batch_tokens or None,
+        "gradient_checkpointing": gradient_checkpointing, "train_layers": train_layers,
+        "quantize": quantize, "threads": threads,
         "train": {
             "epochs": epochs, "max_steps": max_steps, "batch_size": batch_size,
             "grad_accum": grad_accum, "lr": lr, "eval_every": eval_every, "patience": patience,
             "seed": seed,
         },
     }
-    summary = train_teacher(data, out, config, force=force)
+    summary = train_teacher(
+        data, out, config, force=force, export=export,
+        on_info=lambda line: console.print(f"[dim]{line}[/dim]", highlight=False),
+    )
     table = Table(title=f"teacher {out}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key, value in summary["train"].items():
+        if isinstance(value, dict):  # prompt statistics: one row each
+            for k, v in value.items():
+                table.add_row(f"{key} {k}", str(v))
+            continue
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     for split in ("val", "test"):
         for key, value in summary.get(split, {}).items():
             if key in ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds"):
                 table.add_row(f"{split} {key}", f"{value:.4f}")
     console.print(table)
+    if "features" in summary:
+        console.print(f"features in {summary['features']['dir']}")
 
 
 @app.command("export-features")

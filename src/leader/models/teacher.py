@@ -29,29 +29,39 @@ from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.errors import LeaderError
 from leader.models.base import MedModel, register, start_from_frequencies
-from leader.prompts import DEFAULT_HISTORY, PromptBuilder
+from leader.models.layer_cache import LayerCache, backbone_key
+from leader.prompts import DEFAULT_HISTORY, Prompt, PromptBuilder, PromptStats
 from leader.train import (
     TrainConfig,
     load_trainable_state,
     prepare_run_dir,
     run_dir_for,
+    sorted_batches,
     train,
     trainable_state,
 )
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 TRAIN_LOG = "log.jsonl"
+LAYER_CACHE = "layer-cache"
+DEFAULT_MAX_LENGTH = 2048  # the paper's budget
 
 DEFAULTS: dict[str, Any] = {
     "llm": "smollm2",
-    "dtype": "fp32",
+    "dtype": "auto",  # auto: bf16 where the CPU/GPU has bf16 matrix units, else fp32
+    "quantize": None,  # "4bit" / "8bit": QLoRA backbone through bitsandbytes (CUDA only)
     "lora_r": 8,  # 0 = no adapter: only the drug layer trains
     "lora_alpha": 32,
     "lora_dropout": 0.1,
     "lora_targets": list(LORA_TARGETS),
-    "max_length": 512,
+    "max_length": None,  # prompt token budget; None = 2,048 capped at the backbone's positions
     "history": DEFAULT_HISTORY,
     "profile": False,
+    "titles": "long",  # "short": MIMIC-III SHORT_TITLEs in prompts (fewer tokens per code)
+    "max_batch_tokens": 4096,  # cap on padded tokens (rows x longest) per batch; None = no cap
+    "gradient_checkpointing": False,  # recompute activations in backward: less memory, ~30% slower
+    "train_layers": None,  # LoRA on the top K blocks only, lower blocks' output cached; None = all
+    "threads": 1,  # torch threads per process on CPU; None = torch's default
     "margin_weight": 0.0,  # weight of the multi-label margin term added to BCE
     "predict_batch_size": 16,
     "train": {
@@ -86,43 +96,116 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class TeacherModule(nn.Module):
-    """Backbone (its final norm included, LM head dropped) -> last real token -> drug logits."""
+    """Backbone (its final norm included, LM head dropped) -> last real token -> drug logits.
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, n_drugs: int):
+    With ``split`` (``--train-layers``), the blocks below ``split`` are frozen and may be skipped
+    by passing their output (``lower``, from the layer cache); both paths run the same ops."""
+
+    def __init__(
+        self, backbone: nn.Module, hidden_size: int, n_drugs: int, split: int | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.drug_layer = nn.Linear(hidden_size, n_drugs)  # fp32 even on a bf16 backbone
+        self.split = split
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The bare decoder (e.g. LlamaModel) under the LoRA wrapper."""
+        inner = self.backbone
+        return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lower: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(drug logits [B, |drugs|], pooled hidden state [B, H])."""
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state
+        if self.split is None:
+            hidden = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask),
+                use_cache=False,
+            ).last_hidden_state
+        else:
+            if lower is None:
+                lower = self.lower(input_ids, attention_mask)
+            hidden = self._blocks(lower, attention_mask, self.split, None)
+            hidden = self.decoder.norm(hidden)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = hidden[rows, last_token_index(attention_mask)].float()
         return self.drug_layer(pooled), pooled
 
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen blocks below ``split`` ([B, T, H]), without gradients."""
+        with torch.no_grad():
+            embeds = self.decoder.embed_tokens(input_ids)
+            return self._blocks(embeds, attention_mask, 0, self.split)
+
+    def _blocks(self, hidden, attention_mask, start: int, stop: int | None) -> torch.Tensor:
+        """Decoder blocks ``start:stop`` as the decoder's own forward runs them."""
+        from transformers.masking_utils import create_causal_mask
+
+        decoder = self.decoder
+        positions = position_ids(attention_mask)
+        mask = create_causal_mask(
+            config=decoder.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=positions,
+        )
+        rotary = decoder.rotary_emb(hidden, position_ids=positions)
+        for block in decoder.layers[start:stop]:
+            hidden = block(
+                hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions
+            )
+        return hidden
+
+
+def split_point(backbone: nn.Module, train_layers: int | None) -> int | None:
+    """Index of the first trained block for ``train_layers`` (None: all blocks train)."""
+    if train_layers is None:
+        return None
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if not all(hasattr(backbone, a) for a in needed):
+        raise LeaderError(
+            f"train_layers: this backbone ({type(backbone).__name__}) is not a Llama-style "
+            "decoder (embed_tokens, layers, norm, rotary_emb); train all layers instead"
+        )
+    n = len(backbone.layers)
+    if not 1 <= int(train_layers) <= n:
+        raise LeaderError(f"--train-layers {train_layers}: the backbone has 1 to {n} blocks")
+    return n - int(train_layers)
+
 
 def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModule:
-    """Strip the LM head, add LoRA adapters, add the drug layer."""
+    """Strip the LM head, add LoRA adapters (on the top blocks only with ``train_layers``),
+    add the drug layer."""
     backbone = llm.model.base_model  # e.g. LlamaModel: embeddings, layers, final norm
     for p in backbone.parameters():
         p.requires_grad_(False)
+    split = split_point(backbone, config.get("train_layers"))
+    if config.get("gradient_checkpointing"):
+        backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     if config["lora_r"] > 0:
         from peft import LoraConfig, get_peft_model
 
+        layers = {} if split is None else {
+            "layers_to_transform": list(range(split, len(backbone.layers))),
+            "layers_pattern": "layers",
+        }
         lora = LoraConfig(
             r=int(config["lora_r"]),
             lora_alpha=int(config["lora_alpha"]),
             lora_dropout=float(config["lora_dropout"]),
             target_modules=list(config["lora_targets"]),
             bias="none",
+            **layers,
         )
         try:
             with warnings.catch_warnings():  # peft calls a deprecated transformers alias
@@ -133,7 +216,7 @@ def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModul
                 f"--llm {config['llm']}: LoRA targets {config['lora_targets']} not found in the "
                 f"model ({str(e).splitlines()[0]})"
             ) from None
-    return TeacherModule(backbone, llm.hidden_size, n_drugs)
+    return TeacherModule(backbone, llm.hidden_size, n_drugs, split)
 
 
 # --- the training task -------------------------------------------------------------------------
@@ -144,38 +227,102 @@ class PromptBatch(TensorBatch):
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     target: torch.Tensor
+    lower: torch.Tensor | None = None  # cached lower-block output ([B, T, H]), train_layers only
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(*(None if t is None else t.to(device) for t in
+                             (self.input_ids, self.attention_mask, self.target, self.lower)))
 
 
 class TeacherTask:
-    """What the shared training loop needs: prompts -> token batches -> BCE (+ margin)."""
+    """What the shared training loop needs: prompts -> token batches -> BCE (+ margin).
 
-    def __init__(self, module: TeacherModule, builder: PromptBuilder, tokenizer, drugs, margin):
+    Each prompt is built and tokenized once (its ids are kept); batches are padded from those
+    ids, and ``lengths`` lets the loop bucket batches by length (capped by ``max_batch_tokens``).
+    """
+
+    def __init__(self, module: TeacherModule, builder: PromptBuilder, tokenizer, drugs, margin,
+                 max_batch_tokens: int | None = None):
         self.module = module
         self.builder = builder
         self.tokenizer = tokenizer
         self.drugs = drugs
         self.margin_weight = float(margin)
-        self.prompts: dict[str, str] = {}  # sample id -> prompt, built once per run
-        self.shortened: set[str] = set()
+        self.max_batch_tokens = max_batch_tokens
+        self.prompts: dict[str, Prompt] = {}  # sample id -> prompt, built once per run
+        self.cache: LayerCache | None = None
+        self.tokens = {"real": 0, "padded": 0}  # of training batches: the padding share
 
-    def prompt(self, sample: Sample) -> str:
-        text = self.prompts.get(sample.sample_id)
-        if text is None:
-            p = self.builder.build(sample)
-            text = self.prompts[sample.sample_id] = p.text
-            if p.shortened:
-                self.shortened.add(sample.sample_id)
-        return text
+    def prompt(self, sample: Sample) -> Prompt:
+        p = self.prompts.get(sample.sample_id)
+        if p is None:
+            p = self.prompts[sample.sample_id] = self.builder.build(sample)
+        return p
+
+    @property
+    def shortened(self) -> set[str]:
+        return {sid for sid, p in self.prompts.items() if p.shortened}
+
+    def stats(self) -> PromptStats:
+        return PromptStats.of(list(self.prompts.values()))
+
+    def lengths(self, samples: Sequence[Sample]) -> list[int]:
+        return [len(self.prompt(s).input_ids) for s in samples]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) padded on the tokenizer's side, as it would pad them."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, r in enumerate(rows):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r, dtype=torch.long)
+            mask[i, span] = 1
+        return ids, mask
 
     def collate(self, samples: Sequence[Sample]) -> PromptBatch:
-        enc = self.tokenizer(
-            [self.prompt(s) for s in samples], padding=True, return_tensors="pt"
-        )
+        rows = [self.prompt(s).input_ids for s in samples]
+        input_ids, mask = self.pad(rows)
+        if torch.is_grad_enabled():  # a training batch (validation runs under no_grad)
+            self.tokens["real"] += int(mask.sum())
+            self.tokens["padded"] += mask.numel()
         target = multi_hot([s.target for s in samples], self.drugs)
-        return PromptBatch(enc["input_ids"], enc["attention_mask"], target)
+        lower = None
+        if self.cache is not None and all(s.sample_id in self.cache for s in samples):
+            lower = self._lower(samples, mask)
+        return PromptBatch(input_ids, mask, target, lower)
+
+    def _lower(self, samples: Sequence[Sample], mask: torch.Tensor) -> torch.Tensor:
+        first = self.cache.get(samples[0].sample_id)
+        out = torch.zeros((*mask.shape, first.shape[-1]), dtype=first.dtype)
+        left = self.tokenizer.padding_side == "left"
+        for i, s in enumerate(samples):
+            h = first if i == 0 else self.cache.get(s.sample_id)
+            span = slice(mask.shape[1] - h.shape[0], None) if left else slice(0, h.shape[0])
+            out[i, span] = h
+        return out
+
+    def fill_cache(self, name: str, samples: Sequence[Sample], batch_size: int) -> int:
+        """Compute the lower blocks' output of ``samples`` once (reusing finished shards)."""
+        module = self.module
+        device = next(module.parameters()).device
+
+        def compute(rows: list[int]) -> list[torch.Tensor]:
+            chunk = [samples[i] for i in rows]
+            out: list[torch.Tensor] = [torch.zeros(0)] * len(chunk)
+            for batch in sorted_batches(self.lengths(chunk), batch_size, self.max_batch_tokens):
+                ids, mask = self.pad([self.prompt(chunk[i]).input_ids for i in batch])
+                hidden = module.lower(ids.to(device), mask.to(device)).cpu()
+                for j, i in enumerate(batch):
+                    out[i] = hidden[j][mask[j].bool()].clone()  # the real tokens only
+            return out
+
+        tokens = [self.prompt(s).input_ids for s in samples]
+        return self.cache.fill(name, [s.sample_id for s in samples], tokens, compute)
 
     def loss(self, module: nn.Module, batch: PromptBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, _ = module(batch.input_ids, batch.attention_mask)
+        logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
         bce = F.binary_cross_entropy_with_logits(logits, batch.target)
         if not self.margin_weight:
             return bce, {"bce": float(bce.detach())}
@@ -184,7 +331,7 @@ class TeacherTask:
         return total, {"bce": float(bce.detach()), "margin": float(margin.detach())}
 
     def predict(self, module: nn.Module, batch: PromptBatch) -> torch.Tensor:
-        logits, _ = module(batch.input_ids, batch.attention_mask)
+        logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
         return torch.sigmoid(logits)
 
     def targets(self, batch: PromptBatch) -> torch.Tensor:
@@ -219,25 +366,40 @@ class Teacher(MedModel):
         super().__init__(schema, merge_config(config))
         self.module: TeacherModule | None = None
         self.run_dir: Path | None = None
+        self._task: TeacherTask | None = None
+        self.dtype: str | None = None  # the backbone precision chosen (``auto`` resolved)
 
     def build(self) -> None:
-        from leader.llm import normalize_spec, resolve_llm
+        from leader.llm import (
+            choose_dtype,
+            default_device,
+            normalize_spec,
+            resolve_llm,
+            set_threads,
+        )
 
+        device = default_device()
+        set_threads(self.config.get("threads"), device)
         self.config["llm"] = normalize_spec(self.config["llm"])
-        llm = resolve_llm(self.config["llm"], self.config["dtype"])
+        self.dtype = choose_dtype(self.config["dtype"], device)
+        llm = resolve_llm(self.config["llm"], self.dtype, self.config.get("quantize"))
+        if self.config["max_length"] is None:  # the paper's budget, if the backbone takes it
+            self.config["max_length"] = min(DEFAULT_MAX_LENGTH, llm.max_positions)
         max_length = int(self.config["max_length"])
         if not 16 <= max_length <= llm.max_positions:
             raise LeaderError(
                 f"--max-length {max_length}: the model {self.config['llm']} takes 16 to "
                 f"{llm.max_positions} tokens"
             )
+        self.llm_config = llm.model.config
         self.tokenizer = llm.tokenizer
         self.config["hidden_size"] = llm.hidden_size
         with torch.random.fork_rng(devices=[]):  # the same start for every run and replica
             torch.manual_seed(int(self.config["train"]["seed"]))
             self.module = build_module(llm, len(self.schema.drugs), self.config)
         self.module.drug_layer.to(torch.float32)
-        self.module.to(_device())
+        self.module.to(device)
+        self._task = None
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(
@@ -246,17 +408,46 @@ class Teacher(MedModel):
             profile=bool(self.config["profile"]),
             max_length=int(self.config["max_length"]),
             tokenizer=self.tokenizer,
+            titles=self.config.get("titles", "long"),
         )
 
     def task(self) -> TeacherTask:
+        """The one task of this model: its prompts are built and tokenized once."""
         if self.module is None:
             self.build()
-        return TeacherTask(
-            self.module,
-            self.prompt_builder(),
-            self.tokenizer,
-            self.schema.drugs,
-            self.config["margin_weight"],
+        if self._task is None:
+            self._task = TeacherTask(
+                self.module,
+                self.prompt_builder(),
+                self.tokenizer,
+                self.schema.drugs,
+                self.config["margin_weight"],
+                self.config.get("max_batch_tokens"),
+            )
+        return self._task
+
+    def memory_estimate(self, samples: Sequence[Sample]) -> Any:
+        """Estimated training peak for the largest batch these samples make."""
+        from leader.memory import estimate_peak
+
+        task = self.task()
+        lengths = sorted(task.lengths(samples))
+        batch = int(self.config["train"]["batch_size"])
+        longest = lengths[-1] if lengths else 0
+        tokens = batch * longest
+        if self.config.get("max_batch_tokens"):
+            tokens = min(tokens, max(int(self.config["max_batch_tokens"]), longest))
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return estimate_peak(
+            self.llm_config,
+            n_params,
+            dtype=self.dtype,
+            batch_tokens=tokens,
+            max_length=longest,
+            trained_layers=self.config.get("train_layers"),
+            checkpointing=bool(self.config.get("gradient_checkpointing")),
+            quantize=self.config.get("quantize"),
+            flash_attention=next(self.module.parameters()).is_cuda,
         )
 
     def fit(
@@ -265,16 +456,52 @@ class Teacher(MedModel):
         run_dir: Path | None = None,
         on_step: Callable[[int], None] | None = None,
         progress: bool = True,
+        on_info: Callable[[str], None] | None = None,
     ) -> Teacher:
+        """Train; ``on_info`` gets one-line notes before training (precision, prompt lengths
+        and reductions, the memory estimate, the layer cache)."""
+        import time
 
+        say = on_info or (lambda _line: None)
         task = self.task()
+        train_samples, val_samples = data.samples("train"), data.samples("val")
+        t0 = time.perf_counter()
+        for s in (*train_samples, *val_samples):
+            task.prompt(s)
+        say(f"backbone {self.config['llm']} in {self.dtype}"
+            f"{', ' + self.config['quantize'] if self.config.get('quantize') else ''}; "
+            f"{torch.get_num_threads()} torch thread(s)")
+        say(f"prompts (train + val): {task.stats().line()} [{time.perf_counter() - t0:.0f} s]")
+        estimate = self.memory_estimate(train_samples)
+        say(estimate.line())
+        cached = 0
+        if self.module.split is not None:
+            key = backbone_key(self.config["llm"], self.dtype, self.module.split,
+                               self.module.decoder.layers[: self.module.split])
+            directory = None if run_dir is None else Path(run_dir) / LAYER_CACHE
+            task.cache = LayerCache(directory, key)
+            bs = int(self.config["predict_batch_size"])
+            cached = task.fill_cache("train", train_samples, bs)
+            cached += task.fill_cache("val", val_samples, bs)
+            say(f"layer cache: lower {self.module.split} blocks computed for {cached} prompts")
         start_from_frequencies(self.module.drug_layer.bias, data)  # a resumed run overwrites it
         cfg = TrainConfig(**self.config["train"], progress=progress)
-        result = train(task, data.samples("train"), data.samples("val"), cfg, run_dir, on_step)
+        task.tokens = {"real": 0, "padded": 0}
+        result = train(task, train_samples, val_samples, cfg, run_dir, on_step)
+        task.cache = None  # later predictions run the whole backbone
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.result = {k: v for k, v in asdict(result).items() if k != "history"}
-        self.result["prompts_shortened"] = len(task.shortened)
-        self.result["prompts_built"] = len(task.prompts)
+        stats = task.stats()
+        self.result["prompts_shortened"] = stats.shortened
+        self.result["prompts_built"] = stats.prompts
+        self.result["prompts"] = stats.to_dict()
+        self.result["dtype"] = self.dtype
+        padded = task.tokens["padded"]
+        self.result["padding_share"] = (
+            round(1 - task.tokens["real"] / padded, 4) if padded else None
+        )
+        self.result["memory_estimate_gib"] = estimate.total_gib
+        self.result["layer_cache_computed"] = cached
         return self
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -285,14 +512,26 @@ class Teacher(MedModel):
         return predict_in_batches(self.task(), samples, int(self.config["predict_batch_size"]))
 
     @torch.no_grad()
-    def encode(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled hidden states [N, H], drug logits [N, |drugs|]) in fp32, on the CPU."""
+    def encode(
+        self, samples: Sequence[Sample], on_progress: Callable[[int], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled hidden states [N, H], drug logits [N, |drugs|]) in fp32, on the CPU, in the
+        order of ``samples``; computed in length-sorted batches (least padding)."""
         task = self.task()
         self.module.eval()
         device = next(self.module.parameters()).device
-        batch = task.collate(samples).to(device)
-        logits, pooled = self.module(batch.input_ids, batch.attention_mask)
-        return pooled.float().cpu(), logits.float().cpu()
+        hidden = torch.zeros(len(samples), int(self.config["hidden_size"]))
+        logits = torch.zeros(len(samples), len(self.schema.drugs))
+        batches = sorted_batches(task.lengths(samples), int(self.config["predict_batch_size"]),
+                                 task.max_batch_tokens)
+        for rows in batches:
+            batch = task.collate([samples[i] for i in rows]).to(device)
+            lg, pooled = self.module(batch.input_ids, batch.attention_mask, batch.lower)
+            index = torch.as_tensor(rows)
+            hidden[index], logits[index] = pooled.float().cpu(), lg.float().cpu()
+            if on_progress is not None:
+                on_progress(len(rows))
+        return hidden, logits
 
     # state: only what training changed (LoRA adapter + drug layer); the backbone is rebuilt
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -317,13 +556,6 @@ class Teacher(MedModel):
             shutil.copy(self.run_dir / TRAIN_LOG, directory / TRAIN_LOG)
 
 
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", local)
-    return torch.device("cpu")
-
-
 # --- `leader train-teacher` --------------------------------------------------------------------
 
 
@@ -335,14 +567,20 @@ def train_teacher(
     force: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
+    export: bool = True,
 ) -> dict[str, Any]:
     """Train a teacher on DATA_DIR and write TEACHER_DIR (a model bundle); resume if killed.
 
     Rerunning the same command after a kill continues from the last checkpoint; a leftover
-    checkpoint from other options is refused unless ``force`` (which starts again).
+    checkpoint from other options is refused unless ``force`` (which starts again). With
+    ``export``, every split is encoded once: the val/test metrics come from the same forward
+    passes as the exported features (TEACHER_DIR/features/), so nothing is scored twice.
     """
     from leader.bundle import save_bundle
+    from leader.data.dataset import SPLITS
     from leader.evaluation import split_metrics
+    from leader.features import export_features
 
     out = Path(out)
     check_can_write(out, force)
@@ -351,11 +589,17 @@ def train_teacher(
     model.build()  # a bad --llm or --max-length fails here, before anything is written
     run_dir = run_dir_for(out)
     is_main = int(os.environ.get("RANK", 0)) == 0
-    identity = {"config": model.config, "data_hash": data.data_hash}
+    # threads change speed, not the result: a run may resume with another count
+    config_identity = {k: v for k, v in model.config.items() if k != "threads"}
+    identity = {"config": config_identity, "data_hash": data.data_hash}
     if is_main:
         prepare_run_dir(run_dir, identity, force)
-    model.fit(data, run_dir, on_step=on_step, progress=progress)
-    metrics = split_metrics(model, data)
+    model.fit(data, run_dir, on_step=on_step, progress=progress, on_info=on_info)
+    encoded = {}
+    if export and is_main:
+        encoded = {split: model.encode(data.samples(split)) for split in SPLITS}
+    probs = {s: torch.sigmoid(logits).numpy() for s, (_, logits) in encoded.items()}
+    metrics = split_metrics(model, data, probs=probs or None)
     summary: dict[str, Any] = {"out": str(out), "train": model.result, **metrics}
     if not is_main:
         return summary
@@ -366,5 +610,8 @@ def train_teacher(
         force=force,
         extra={"llm": model.config["llm"], "training": model.result},
     )
+    if encoded:
+        index = export_features(out, data, encoded=encoded)
+        summary["features"] = {"dir": index["dir"], "computed": index["computed"]}
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary
