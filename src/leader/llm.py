@@ -64,10 +64,15 @@ def has_bf16_units(device: torch.device | None = None) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return cpu_has_bf16(Path("/proc/cpuinfo").read_text())
     except OSError:  # not Linux: no cheap way to know, fp32 is the safe choice
         return False
-    return any(f" {flag}" in flags for flag in BF16_CPU_FLAGS)
+
+
+def cpu_has_bf16(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a bf16 matrix unit flag."""
+    flags = set(cpuinfo.split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def choose_dtype(name: str, device: torch.device | None = None) -> str:

@@ -342,6 +342,7 @@ def render_prompt(
     profile: bool = False,
     max_length: int | None = None,
     llm: str = "smollm2",
+    titles: str = "long",
 ) -> tuple[Sample, Prompt]:
     """The prompt of one visit of DATA_DIR, exactly as training builds it."""
     from leader.data.dataset import Dataset
@@ -351,7 +352,8 @@ def render_prompt(
     sample = find_sample(data.samples(), str(patient), visit)
     tokenizer = load_tokenizer(llm) if max_length is not None else None
     builder = PromptBuilder(
-        data.schema, history=history, profile=profile, max_length=max_length, tokenizer=tokenizer
+        data.schema, history=history, profile=profile, max_length=max_length, tokenizer=tokenizer,
+        titles=titles,
     )
     return sample, builder.build(sample)
 

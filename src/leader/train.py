@@ -216,12 +216,13 @@ def validation_prauc(task: Task, samples: Sequence[Sample], batch_size: int, mod
     if not samples:
         return float("nan")
     probs = predict_in_batches(task, samples, batch_size, module)
-    truth = np.concatenate(
-        [
-            task.targets(task.collate(samples[i : i + batch_size])).cpu().numpy()
-            for i in range(0, len(samples), batch_size)
-        ]
-    )
+    with torch.no_grad():  # collating is not training: a task may count training batches
+        truth = np.concatenate(
+            [
+                task.targets(task.collate(samples[i : i + batch_size])).cpu().numpy()
+                for i in range(0, len(samples), batch_size)
+            ]
+        )
     ap = average_precision(truth > 0, probs)
     return float(np.nanmean(ap)) if not np.isnan(ap).all() else float("nan")
 

@@ -28,13 +28,14 @@ def prompt_cmd(
         help="Token budget (shortens the prompt as training would).", show_default=False)] = None,
     llm: Annotated[str, typer.Option(
         help="Tokenizer for --max-length: smollm2, tiny or a model directory.")] = "smollm2",
+    titles: Annotated[str, typer.Option(help="long or short code titles.")] = "long",
 ) -> None:
     """Print the teacher's prompt for one visit."""
     from leader.prompts import render_prompt
 
     sample, prompt = render_prompt(
         data_dir, patient, visit, history=history, profile=profile, max_length=max_length,
-        llm=llm,
+        llm=llm, titles=titles,
     )
     typer.echo(prompt.text)
     note = f"sample {sample.sample_id}, {prompt.history_kept} earlier visit(s) shown"

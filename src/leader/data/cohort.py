@@ -172,6 +172,21 @@ def _titles(lf: pl.LazyFrame, label: str) -> dict[str, str]:
     return dict(zip(frame["code"], frame["title"], strict=True))
 
 
+def _short_titles(lf: pl.LazyFrame, label: str) -> dict[str, str]:
+    """MIMIC-III's SHORT_TITLE per code (empty for sources without short titles)."""
+    frame = collect_checked(
+        lf.drop_nulls(["code", "short_title"]).unique("code", keep="first"), label
+    )
+    return dict(zip(frame["code"], frame["short_title"], strict=True))
+
+
+def _add_short_titles(vocab: Vocab, shorts: dict[str, str]) -> None:
+    """Store short titles (for ``--titles short`` prompts), falling back to the long title."""
+    if shorts:
+        vocab.short_titles = [shorts.get(c) or t for c, t in zip(vocab.codes, vocab.titles,
+                                                                   strict=True)]
+
+
 def _profile_vocab(train: pl.DataFrame, fields: list[str]) -> dict[str, list[str]]:
     """Values seen in the train split per field, plus ``unknown``; age as decade buckets."""
     vocab = {}
@@ -322,6 +337,8 @@ def prepare(
     vocab, titles_missing = {}, {}
     for kind, names in titles.items():
         vocab[kind], titles_missing[kind] = _vocab(visits, kind, names)
+    _add_short_titles(vocab["diagnoses"], _short_titles(raw.dx_titles, raw.label("dx_titles")))
+    _add_short_titles(vocab["procedures"], _short_titles(raw.px_titles, raw.label("px_titles")))
     profile_vocab = _profile_vocab(visits.filter(pl.col("split") == "train"), raw.profile_fields)
 
     step("drug interactions")

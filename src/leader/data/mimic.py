@@ -49,8 +49,8 @@ TABLES = {
         "diagnoses": ("DIAGNOSES_ICD", ["hadm_id", "icd9_code"]),
         "procedures": ("PROCEDURES_ICD", ["hadm_id", "icd9_code"]),
         "prescriptions": ("PRESCRIPTIONS", ["hadm_id", "drug", "gsn", "ndc"]),
-        "dx_titles": ("D_ICD_DIAGNOSES", ["icd9_code", "long_title"]),
-        "px_titles": ("D_ICD_PROCEDURES", ["icd9_code", "long_title"]),
+        "dx_titles": ("D_ICD_DIAGNOSES", ["icd9_code", "short_title", "long_title"]),
+        "px_titles": ("D_ICD_PROCEDURES", ["icd9_code", "short_title", "long_title"]),
     },
     "mimic4": {
         "admissions": ("admissions", ["subject_id", "hadm_id", "admittime", "admission_type",
@@ -276,8 +276,12 @@ def _events(lf: pl.LazyFrame, code: pl.Expr, checks: list[pl.Expr] | None = None
     return with_bad(lf, checks).select("_row", "_bad", hadm.alias("hadm_id"), code.alias("code"))
 
 
-def _titles(lf: pl.LazyFrame, code: pl.Expr) -> pl.LazyFrame:
-    return lf.select(code.alias("code"), clean_str("long_title").alias("title"))
+def _titles(lf: pl.LazyFrame, code: pl.Expr, short: bool = False) -> pl.LazyFrame:
+    """code, title and short_title (MIMIC-III only; null for MIMIC-IV, which has none)."""
+    shorts = clean_str("short_title") if short else pl.lit(None, dtype=pl.String)
+    return lf.select(
+        code.alias("code"), clean_str("long_title").alias("title"), shorts.alias("short_title")
+    )
 
 
 def _prescriptions(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -299,8 +303,8 @@ def _mimic3(scan) -> dict[str, pl.LazyFrame]:
         "diagnoses": _events(scan("diagnoses"), icd9),
         "procedures": _events(scan("procedures"), icd9),
         "prescriptions": _prescriptions(scan("prescriptions")),
-        "dx_titles": _titles(scan("dx_titles"), icd9),
-        "px_titles": _titles(scan("px_titles"), icd9),
+        "dx_titles": _titles(scan("dx_titles"), icd9, short=True),
+        "px_titles": _titles(scan("px_titles"), icd9, short=True),
     }
 
 
