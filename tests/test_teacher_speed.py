@@ -181,6 +181,34 @@ def test_layer_cache_same_hidden_states_and_stale_refused(small, tmp_path):
         task.fill_cache("train", small.samples("train")[1:10], 4)
 
 
+def test_gradient_checkpointing_same_loss_and_gradients(small):
+    grads = []
+    for ckpt in (False, True):
+        model = Teacher(small.schema, {**FAST, "gradient_checkpointing": ckpt,
+                                       "lora_dropout": 0.0})
+        task = model.task()
+        module = model.module.train()
+        loss, _ = task.loss(module, task.collate(small.samples("train")[:6]))
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in module.named_parameters()
+                                    if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], atol=1e-6, rtol=1e-4)
+
+
+def test_prompt_stats_cli(small_dir):
+    from typer.testing import CliRunner
+
+    from leader.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["prompt-stats", str(small_dir), "--llm", "tiny",
+                                      "--max-length", "200"])
+    assert result.exit_code == 0, result.output
+    assert "tokens_p90" in result.output and "diagnoses_cut" in result.output
+
+
 def test_train_layers_out_of_range(small):
     with pytest.raises(LeaderError, match="--train-layers 3"):
         Teacher(small.schema, {**FAST, "train_layers": 3}).build()

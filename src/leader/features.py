@@ -90,6 +90,8 @@ def export_features(
             f"{data.root}: its drug vocabulary differs from the teacher's; export features "
             "with the data the teacher was trained on"
         )
+    if teacher is not None:  # encode() sorts each shard into batches of this size
+        teacher.config["predict_batch_size"] = batch_size
     out = teacher_dir / FEATURES
     out.mkdir(exist_ok=True)
     per_split = {s: data.samples(s) for s in SPLITS}
@@ -126,7 +128,6 @@ def export_features(
                 if on_progress is not None:
                     on_progress(len(chunk))
             else:  # one call per shard: the teacher sorts the shard into similar-length batches
-                teacher.config["predict_batch_size"] = batch_size
                 hidden, logits = teacher.encode(chunk, on_progress)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")
             tensors = {"hidden": hidden, "logits": logits}

@@ -189,9 +189,13 @@ def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModul
         p.requires_grad_(False)
     split = split_point(backbone, config.get("train_layers"))
     if config.get("gradient_checkpointing"):
-        backbone.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        enable = getattr(backbone, "activation_checkpointing_enable", None)  # transformers >= 5
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
     if config["lora_r"] > 0:
         from peft import LoraConfig, get_peft_model
 
