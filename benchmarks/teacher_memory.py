@@ -7,7 +7,7 @@ Usage::
 WHY: synthetic cohorts rarely reach the budget, but real MIMIC-IV prompts do (max ~2,200 tokens
 measured on a real cohort). This builds the worst batch the defaults allow: rows of exactly
 ``--length`` real tokens (a real prompt's ids repeated to that length), as many as
-``--max-batch-tokens`` lets into one batch (default 4,096: 2 rows), and runs one optimiser step
+``max_batch_tokens`` lets into one batch (default 2,048: 1 row), and runs one optimiser step
 (forward, backward, AdamW) and one no-grad export forward of the same batch. Prints the memory
 estimate next to the measured peak RSS (and peak GPU memory on a GPU) as one JSON object.
 """
@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--llm", default="smollm2")
     ap.add_argument("--length", type=int, default=2048)
-    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto")
     args = ap.parse_args()
 
     import torch
@@ -40,8 +40,8 @@ def main() -> None:
     from leader.train import cut_batches
 
     data = Dataset.load(args.data)
-    model = Teacher(data.schema, {"llm": args.llm,
-                                  "gradient_checkpointing": args.gradient_checkpointing})
+    mode = {"on": True, "off": False, "auto": "auto"}[args.gradient_checkpointing]
+    model = Teacher(data.schema, {"llm": args.llm, "gradient_checkpointing": mode})
     model.build()
     task = model.task()
     sample = data.samples("train")[0]
@@ -52,11 +52,22 @@ def main() -> None:
     input_ids, mask = task.pad([row] * batch_rows)
     target = torch.zeros(batch_rows, len(data.drugs))
     batch = PromptBatch(input_ids, mask, target)
-    estimate = estimate_peak(
-        model.llm_config, sum(p.numel() for p in model.module.parameters()), dtype=model.dtype,
-        batch_tokens=batch_rows * args.length, max_length=args.length,
-        checkpointing=args.gradient_checkpointing,
-    )
+    def estimate(checkpointing: bool):
+        return estimate_peak(
+            model.llm_config, sum(p.numel() for p in model.module.parameters()),
+            dtype=model.dtype, batch_tokens=batch_rows * args.length, max_length=args.length,
+            checkpointing=checkpointing,
+        )
+
+    checkpointing = mode is True
+    if mode == "auto":  # as Teacher.plan_memory decides, for this batch
+        from leader.memory import memory_budget_gib
+        from leader.models.teacher import enable_checkpointing
+
+        if estimate(False).total_gib > memory_budget_gib(torch.device("cpu")):
+            enable_checkpointing(model.module.decoder)
+            checkpointing = True
+    estimate = estimate(checkpointing)
     module = model.module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -77,7 +88,7 @@ def main() -> None:
         "rows": batch_rows,
         "length": args.length,
         "max_batch_tokens": cap,
-        "gradient_checkpointing": args.gradient_checkpointing,
+        "gradient_checkpointing": checkpointing,
         "estimate": estimate.to_dict(),
         "train_step_s": round(train_s, 1),
         "export_batch_s": round(export_s, 1),

@@ -9,8 +9,11 @@ runtime overhead. It is an estimate: BENCHMARKS.md compares it with measured pea
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 GIB = 2**30
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "4bit": 0.55, "8bit": 1.05}  # k-bit: + scales
@@ -31,6 +34,17 @@ class MemoryEstimate:
             f"estimated peak memory {self.total_gib:.1f} GiB (weights {self.weights_gib:.1f}, "
             f"activations {self.activations_gib:.1f})"
         )
+
+
+def memory_budget_gib(device: torch.device) -> float:
+    """Memory a training run may plan for: 90% of a GPU, half of the RAM on CPU (which is
+    usually shared with other processes)."""
+    if device.type == "cuda":
+        return 0.9 * torch.cuda.get_device_properties(device).total_memory / GIB
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a small machine
+        return 8.0
 
 
 def estimate_peak(

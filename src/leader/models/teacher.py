@@ -58,8 +58,10 @@ DEFAULTS: dict[str, Any] = {
     "history": DEFAULT_HISTORY,
     "profile": False,
     "titles": "long",  # "short": MIMIC-III SHORT_TITLEs in prompts (fewer tokens per code)
-    "max_batch_tokens": 4096,  # cap on padded tokens (rows x longest) per batch; None = no cap
-    "gradient_checkpointing": False,  # recompute activations in backward: less memory, ~30% slower
+    "max_batch_tokens": 2048,  # cap on padded tokens (rows x longest) per batch; None = no cap
+    # recompute activations in backward (less memory, ~30% more compute); "auto": only when the
+    # estimated peak without it exceeds the memory budget (half the RAM, 90% of a GPU)
+    "gradient_checkpointing": "auto",
     "train_layers": None,  # LoRA on the top K blocks only, lower blocks' output cached; None = all
     "threads": 1,  # torch threads per process on CPU; None = torch's default
     "margin_weight": 0.0,  # weight of the multi-label margin term added to BCE
@@ -181,6 +183,17 @@ def split_point(backbone: nn.Module, train_layers: int | None) -> int | None:
     return n - int(train_layers)
 
 
+def enable_checkpointing(decoder: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them."""
+    enable = getattr(decoder, "activation_checkpointing_enable", None)  # transformers >= 5
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        decoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+
 def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModule:
     """Strip the LM head, add LoRA adapters (on the top blocks only with ``train_layers``),
     add the drug layer."""
@@ -188,14 +201,8 @@ def build_module(llm: Any, n_drugs: int, config: dict[str, Any]) -> TeacherModul
     for p in backbone.parameters():
         p.requires_grad_(False)
     split = split_point(backbone, config.get("train_layers"))
-    if config.get("gradient_checkpointing"):
-        enable = getattr(backbone, "activation_checkpointing_enable", None)  # transformers >= 5
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+    if config.get("gradient_checkpointing") is True:
+        enable_checkpointing(backbone)
     if config["lora_r"] > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -389,6 +396,11 @@ class Teacher(MedModel):
         llm = resolve_llm(self.config["llm"], self.dtype, self.config.get("quantize"))
         if self.config["max_length"] is None:  # the paper's budget, if the backbone takes it
             self.config["max_length"] = min(DEFAULT_MAX_LENGTH, llm.max_positions)
+        if self.config.get("gradient_checkpointing") not in (True, False, "auto"):
+            raise LeaderError(
+                f"--gradient-checkpointing {self.config['gradient_checkpointing']!r}: expected "
+                "on, off or auto"
+            )
         max_length = int(self.config["max_length"])
         if not 16 <= max_length <= llm.max_positions:
             raise LeaderError(
@@ -430,7 +442,9 @@ class Teacher(MedModel):
             )
         return self._task
 
-    def memory_estimate(self, samples: Sequence[Sample]) -> Any:
+    def memory_estimate(
+        self, samples: Sequence[Sample], checkpointing: bool | None = None
+    ) -> Any:
         """Estimated training peak for the largest batch these samples make."""
         from leader.memory import estimate_peak
 
@@ -449,10 +463,33 @@ class Teacher(MedModel):
             batch_tokens=tokens,
             max_length=longest,
             trained_layers=self.config.get("train_layers"),
-            checkpointing=bool(self.config.get("gradient_checkpointing")),
+            checkpointing=(
+                self.config.get("gradient_checkpointing") is True
+                if checkpointing is None
+                else checkpointing
+            ),
             quantize=self.config.get("quantize"),
             flash_attention=next(self.module.parameters()).is_cuda,
         )
+
+    def plan_memory(
+        self, samples: Sequence[Sample], say: Callable[[str], None] = lambda _line: None
+    ) -> tuple[Any, bool]:
+        """(memory estimate, checkpointing on?) for training on ``samples``; with ``auto``,
+        switches gradient checkpointing on when the estimate without it is over budget."""
+        from leader.memory import memory_budget_gib
+
+        estimate = self.memory_estimate(samples)
+        mode = self.config.get("gradient_checkpointing")
+        if mode != "auto":
+            return estimate, mode is True
+        budget = memory_budget_gib(next(self.module.parameters()).device)
+        if estimate.total_gib <= budget:
+            return estimate, False
+        enable_checkpointing(self.module.decoder)
+        say(f"gradient checkpointing on: {estimate.line()} without it, over the budget of "
+            f"{budget:.1f} GiB")
+        return self.memory_estimate(samples, checkpointing=True), True
 
     def fit(
         self,
@@ -476,7 +513,7 @@ class Teacher(MedModel):
             f"{', ' + self.config['quantize'] if self.config.get('quantize') else ''}; "
             f"{torch.get_num_threads()} torch thread(s)")
         say(f"prompts (train + val): {task.stats().line()} [{time.perf_counter() - t0:.0f} s]")
-        estimate = self.memory_estimate(train_samples)
+        estimate, checkpointing = self.plan_memory(train_samples, say)
         say(estimate.line())
         cached = 0
         if self.module.split is not None:
@@ -505,6 +542,7 @@ class Teacher(MedModel):
             round(1 - task.tokens["real"] / padded, 4) if padded else None
         )
         self.result["memory_estimate_gib"] = estimate.total_gib
+        self.result["gradient_checkpointing"] = checkpointing
         self.result["layer_cache_computed"] = cached
         return self
 
