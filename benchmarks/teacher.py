@@ -1,12 +1,29 @@
-"""Teacher speed on this machine: training s/step and tokens/s, feature-export samples/s, memory.
+"""Teacher speed, old path vs new defaults, on the same prompts: tokens/s, samples/s, peak memory.
 
 Usage::
 
-    .venv/bin/python benchmarks/teacher.py --data DATA_DIR [--llm smollm2] [--steps 6]
+    .venv/bin/python benchmarks/teacher.py --data DATA_DIR [--llm smollm2] \
+        [--train-samples 48] [--export-samples 64] [--configs old,new,new-k4]
 
-Uses the CLI defaults (batch 8, max length 512, LoRA r 8 on q/k/v/o/gate/up/down, fp32). The
-first optimiser step is a warm-up and is not counted. Tokens/s counts padded positions (what the
-model actually computes) and real tokens separately. Prints one JSON object.
+Every configuration runs in its own child process (so that its peak RSS is its own) on the SAME
+prompts: the first ``--train-samples`` training samples and the first ``--export-samples``
+samples of the data, built with the new budget (2,048 capped at the backbone's positions, so no
+prompt is shortened here). Configurations:
+
+- ``old``: the path before issue 10: fp32, prompts re-tokenized at every batch, random batches
+  padded to their longest prompt (no bucketing, no token cap), LoRA on all layers, export in data
+  order in batches of 16; at ``--old-batch-size`` (default 2: the old default of 8 does not fit
+  real-length prompts in memory).
+- ``new``: every new default (auto dtype, 1 thread, length buckets, 4,096-token cap, all layers).
+- ``new-k4``: the new defaults with ``--train-layers 4``; the layer-cache fill (one forward of
+  the lower blocks per prompt) is timed separately and also amortised over one epoch.
+- ``new-ckpt``, ``new-4bit``, ``new-8bit``: gradient checkpointing, QLoRA 4/8-bit (GPU only;
+  used by ``benchmarks/gpu.sh``).
+
+Training: all training samples once through the loop (one epoch of the subset); the first
+optimiser step is a warm-up and is not counted. Wall-clock AND process CPU seconds are reported:
+on a shared machine the CPU figures are the fairer comparison. Prints one JSON object with
+ratios new/old.
 """
 
 from __future__ import annotations
@@ -15,85 +32,188 @@ import argparse
 import json
 import os
 import resource
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONFIGS = {
+    "old": {"dtype": "fp32", "max_batch_tokens": None, "train_layers": None},
+    "new": {},
+    "new-k4": {"train_layers": 4},
+    "new-ckpt": {"gradient_checkpointing": "on"},
+    "new-4bit": {"quantize": "4bit"},  # GPU only (bitsandbytes)
+    "new-8bit": {"quantize": "8bit"},  # GPU only (bitsandbytes)
+}
+
+
+class OldTask:
+    """The pre-issue-10 task: re-tokenizes text at every batch, no lengths (so no bucketing)."""
+
+    def __init__(self, task):
+        self.inner, self.module = task, task.module
+
+    def collate(self, samples):
+        from leader.data.samples import multi_hot
+        from leader.models.teacher import PromptBatch
+
+        texts = [self.inner.prompt(s).text for s in samples]
+        enc = self.inner.tokenizer(texts, padding=True, return_tensors="pt")
+        if __import__("torch").is_grad_enabled():
+            self.inner.tokens["real"] += int(enc["attention_mask"].sum())
+            self.inner.tokens["padded"] += enc["attention_mask"].numel()
+        target = multi_hot([s.target for s in samples], self.inner.drugs)
+        return PromptBatch(enc["input_ids"], enc["attention_mask"], target)
+
+    def loss(self, module, batch):
+        return self.inner.loss(module, batch)
+
+    def predict(self, module, batch):
+        return self.inner.predict(module, batch)
+
+    def targets(self, batch):
+        return batch.target
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process: on a shared machine a fairer clock than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_one(args: argparse.Namespace, name: str) -> dict:
+    import numpy as np
+    import torch
+
+    from leader.data.dataset import Dataset
+    from leader.models.teacher import Teacher
+    from leader.train import FitContext, train
+
+    data = Dataset.load(args.data)
+    train_samples = data.samples("train")[: args.train_samples]
+    export_samples = data.samples()[: args.export_samples]
+    batch_size = args.old_batch_size if name == "old" else args.batch_size
+    config = {"llm": args.llm, **CONFIGS[name],
+              "train": {"batch_size": batch_size, "epochs": 1, "seed": 0}}
+    t0 = time.perf_counter()
+    model = Teacher(data.schema, config)
+    model.build()
+    load_s = time.perf_counter() - t0
+    task = model.task()
+    for s in (*train_samples, *export_samples):
+        task.prompt(s)
+    estimate = model.memory_estimate(train_samples)
+    cache_s = cache_cpu = 0.0
+    if model.module.split is not None:
+        from leader.models.layer_cache import LayerCache
+
+        task.cache = LayerCache(None, "bench")
+        t1, c1 = time.perf_counter(), cpu_seconds()
+        task.fill_cache("train", train_samples, model.config.predict_batch_size)
+        cache_s, cache_cpu = time.perf_counter() - t1, cpu_seconds() - c1
+    loop_task = OldTask(task) if name == "old" else task
+    sizes: list[tuple[int, int]] = []
+    stamps: list[float] = []
+
+    cpu: list[float] = []
+
+    def on_step(_step: int) -> None:
+        stamps.append(time.perf_counter())
+        cpu.append(cpu_seconds())
+        sizes.append((task.tokens["padded"], task.tokens["real"]))
+
+    task.tokens = {"real": 0, "padded": 0}
+    start, start_cpu = time.perf_counter(), cpu_seconds()
+    train(loop_task, train_samples, [], model.config.train,
+          FitContext(progress=False, on_step=on_step))
+    total_s, total_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
+    seconds = stamps[-1] - stamps[0]  # steps 2..n: the first is a warm-up
+    cpu_s = cpu[-1] - cpu[0]
+    padded = sizes[-1][0] - sizes[0][0]
+    real = sizes[-1][1] - sizes[0][1]
+    task.cache = None
+
+    t2, c2 = time.perf_counter(), cpu_seconds()
+    if name == "old":  # the old export: data order, batches of 16, re-tokenized
+        with torch.no_grad():
+            model.module.eval()
+            for i in range(0, len(export_samples), 16):
+                b = loop_task.collate(export_samples[i : i + 16])
+                model.module(b.input_ids, b.attention_mask)
+    else:
+        model.encode(export_samples)
+    export_s, export_cpu = time.perf_counter() - t2, cpu_seconds() - c2
+    lengths = [len(task.prompt(s).input_ids) for s in train_samples]
+    return {
+        "config": name,
+        "dtype": model.dtype,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "max_batch_tokens": model.config.max_batch_tokens,
+        "train_layers": model.config.train_layers,
+        "max_length": model.config.max_length,
+        "prompt_tokens_p50_max": [int(np.median(lengths)), max(lengths)],
+        "load_build_s": round(load_s, 1),
+        "train_steps_timed": len(stamps) - 1,
+        "train_s": round(total_s, 1),
+        "train_real_tokens_per_s": round(real / seconds, 1),
+        "train_padded_tokens_per_s": round(padded / seconds, 1),
+        "train_real_tokens_per_cpu_s": round(real / cpu_s, 1),
+        "padding_share": round(1 - real / padded, 3) if padded else None,
+        "layer_cache_fill_s": round(cache_s, 1),
+        "layer_cache_fill_cpu_s": round(cache_cpu, 1),
+        "train_epoch_s_incl_cache": round(total_s + cache_s, 1),
+        "train_epoch_cpu_s_incl_cache": round(total_cpu + cache_cpu, 1),
+        "export_samples": len(export_samples),
+        "export_samples_per_s": round(len(export_samples) / export_s, 3),
+        "export_samples_per_cpu_s": round(len(export_samples) / export_cpu, 3),
+        "memory_estimate_gib": estimate.total_gib,
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_gpu_gib": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if torch.cuda.is_available() else None
+        ),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--llm", default="smollm2")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--train-samples", type=int, default=48)
+    ap.add_argument("--export-samples", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--max-length", type=int, default=512)
-    ap.add_argument("--export-batch-size", type=int, default=16)
+    ap.add_argument("--old-batch-size", type=int, default=2)
+    ap.add_argument("--configs", default="old,new,new-k4")
+    ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
-
-    import numpy as np
-    import torch
-
-    from leader.bundle import save_bundle
-    from leader.data.dataset import Dataset
-    from leader.models.teacher import Teacher
-    from leader.pipelines import export_features
-    from leader.train import FitContext, train
-
-    data = Dataset.load(args.data)
-    t0 = time.perf_counter()
-    model = Teacher(
-        data.schema,
-        {"llm": args.llm, "max_length": args.max_length,
-         "train": {"batch_size": args.batch_size, "max_steps": args.steps}},
-    )
-    model.build()
-    load_s = time.perf_counter() - t0
-    task = model.task()
-
-    sizes: list[tuple[int, int]] = []  # (padded positions, real tokens) per training batch
-    collate = task.collate
-
-    def recording_collate(samples):
-        batch = collate(samples)
-        if torch.is_grad_enabled():  # validation runs under no_grad
-            sizes.append((batch.input_ids.numel(), int(batch.attention_mask.sum())))
-        return batch
-
-    task.collate = recording_collate
-    stamps: list[float] = []
-    start = time.perf_counter()
-    context = FitContext(progress=False, on_step=lambda s: stamps.append(time.perf_counter()))
-    train(task, data.samples("train"), [], model.config.train, context)
-    intervals = np.diff([start, *stamps])[1:]  # drop the warm-up step
-    steps = sizes[1 : len(intervals) + 1]
-    seconds = float(intervals.sum())
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "teacher"
-        save_bundle(model, out)
-        n = len(data.samples())
-        t1 = time.perf_counter()
-        export_features(out, data, batch_size=args.export_batch_size)
-        export_s = time.perf_counter() - t1
-
-    result = {
-        "llm": args.llm,
-        "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "load_build_s": round(load_s, 1),
-        "timed_steps": len(intervals),
-        "train_s_per_step": round(seconds / len(intervals), 2),
-        "train_padded_tokens_per_s": round(sum(p for p, _ in steps) / seconds, 1),
-        "train_real_tokens_per_s": round(sum(r for _, r in steps) / seconds, 1),
-        "mean_padded_len": round(float(np.mean([p / args.batch_size for p, _ in steps])), 1),
-        "export_samples": n,
-        "export_samples_per_s": round(n / export_s, 2),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-    }
-    print(json.dumps(result, indent=2))
+    if args.only:
+        print(json.dumps(run_one(args, args.only)))
+        return
+    results = {}
+    for name in args.configs.split(","):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--only", name]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(results[name]), file=sys.stderr)
+    summary: dict = {"llm": args.llm, "data": str(args.data), "runs": results, "ratios": {}}
+    if "old" in results:
+        old = results["old"]
+        for name, r in results.items():
+            if name == "old":
+                continue
+            summary["ratios"][f"{name}/old"] = {
+                key: round(r[key] / old[key], 2)
+                for key in ("train_real_tokens_per_s", "train_real_tokens_per_cpu_s",
+                            "export_samples_per_s", "export_samples_per_cpu_s")
+            } | {  # a whole epoch of the subset, the layer-cache fill included: old / new time
+                key: round(old[key] / r[key], 2)
+                for key in ("train_epoch_s_incl_cache", "train_epoch_cpu_s_incl_cache")
+            }
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

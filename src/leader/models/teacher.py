@@ -11,9 +11,9 @@ bias starts at the training log-odds of each drug, so a short run starts from `p
 
 from __future__ import annotations
 
-import os
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,35 +26,58 @@ from leader.configs import Config, ConfigError, option
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.errors import LeaderError
-from leader.llm import normalize_spec, resolve_llm
+from leader.llm import choose_dtype, default_device, normalize_spec, resolve_llm, set_threads
+from leader.memory import estimate_peak, memory_budget_gib
 from leader.models.base import MedModel, register, start_from_frequencies
-from leader.prompts import DEFAULT_HISTORY, PromptBuilder
+from leader.models.layer_cache import LayerCache, backbone_key
+from leader.prompts import DEFAULT_HISTORY, Prompt, PromptBuilder, PromptStats
 from leader.train import (
     FitContext,
     TrainConfig,
     load_trainable_state,
     predict_in_batches,
+    sorted_batches,
     trainable_state,
 )
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LAYER_CACHE = "layer-cache"
+DEFAULT_MAX_LENGTH = 2048  # the paper's budget
+
 
 
 @dataclass
 class TeacherConfig(Config):
-    """LEADER(T): the backbone, its LoRA adapter, the prompts and the training settings."""
+    """LEADER(T): the backbone, its LoRA adapter, the prompts, speed and memory, training."""
 
     llm: str = option("smollm2", "Backbone: smollm2, tiny, or a local Hugging Face causal-LM "
                       "directory.")
-    dtype: str = option("fp32", "Backbone precision.", choices=("fp32", "bf16"))
+    dtype: str = option("auto", "Backbone precision: auto (bf16 where the hardware has bf16 "
+                        "matrix units, else fp32).", choices=("auto", "fp32", "bf16"))
+    quantize: str | None = option(None, "Load the backbone in 4bit or 8bit (QLoRA; CUDA + "
+                                  "bitsandbytes).", choices=("4bit", "8bit"))
     lora_r: int = option(8, "LoRA rank (0: train the drug layer only).", ge=0)
     lora_alpha: int = option(32, "LoRA alpha.", ge=1)
     lora_dropout: float = option(0.1, "LoRA dropout.", ge=0, le=1)
     lora_targets: list[str] = option(factory=lambda: list(LORA_TARGETS), cli=False,
                                      help="Projections that get LoRA adapters.")
-    max_length: int = option(512, "Token budget of a prompt.", ge=16)
+    max_length: int | None = option(None, "Token budget of a prompt (default: 2048, capped at "
+                                    "the backbone's positions).", ge=16)
     history: int = option(DEFAULT_HISTORY, "Earlier visits in the prompt (the last K).", ge=0)
     profile: bool = option(False, "Add the profile sentence to prompts.")
+    titles: str = option("long", "Code titles in prompts: long, or short (MIMIC-III "
+                         "SHORT_TITLE).", choices=("long", "short"))
+    max_batch_tokens: int | None = option(2048, "Cap on padded tokens per batch (rows x "
+                                          "longest).", ge=1)
+    gradient_checkpointing: str = option(
+        "auto", "Recompute activations in the backward pass (less memory, ~30% more compute); "
+        "auto: on when the estimated peak exceeds half the RAM / 90% of the GPU.",
+        choices=("auto", "on", "off"))
+    train_layers: int | None = option(None, "LoRA on the top K blocks only; the frozen lower "
+                                      "blocks' output is cached (a departure from the paper, "
+                                      "for small machines). Default: all blocks.", ge=1)
+    threads: int | None = option(1, "Torch threads per process on CPU (1: processes share "
+                                 "small CPUs).", ge=1, identity=False)
     margin_weight: float = option(0.0, "Weight of a multi-label margin loss added to BCE.", ge=0)
     predict_batch_size: int = option(16, "Prompts per forward pass when scoring.", ge=1,
                                      identity=False)
@@ -81,43 +104,125 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class TeacherModule(nn.Module):
-    """Backbone (its final norm included, LM head dropped) -> last real token -> drug logits."""
+    """Backbone (its final norm included, LM head dropped) -> last real token -> drug logits.
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, n_drugs: int):
+    With ``split`` (``--train-layers``), the blocks below ``split`` are frozen and may be skipped
+    by passing their output (``lower``, from the layer cache); both paths run the same ops."""
+
+    def __init__(
+        self, backbone: nn.Module, hidden_size: int, n_drugs: int, split: int | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.drug_layer = nn.Linear(hidden_size, n_drugs)  # fp32 even on a bf16 backbone
+        self.split = split
+
+    @property
+    def decoder(self) -> nn.Module:
+        """The bare decoder (e.g. LlamaModel) under the LoRA wrapper."""
+        inner = self.backbone
+        return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lower: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(drug logits [B, |drugs|], pooled hidden state [B, H])."""
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids(attention_mask),
-            use_cache=False,
-        )
-        hidden = out.last_hidden_state
+        if self.split is None:
+            hidden = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask),
+                use_cache=False,
+            ).last_hidden_state
+        else:
+            if lower is None:
+                lower = self.lower(input_ids, attention_mask)
+            hidden = self._blocks(lower, attention_mask, self.split, None)
+            hidden = self.decoder.norm(hidden)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = hidden[rows, last_token_index(attention_mask)].float()
         return self.drug_layer(pooled), pooled
 
+    def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Output of the frozen blocks below ``split`` ([B, T, H]), without gradients."""
+        with torch.no_grad():
+            embeds = self.decoder.embed_tokens(input_ids)
+            return self._blocks(embeds, attention_mask, 0, self.split)
+
+    def _blocks(self, hidden, attention_mask, start: int, stop: int | None) -> torch.Tensor:
+        """Decoder blocks ``start:stop`` as the decoder's own forward runs them."""
+        from transformers.masking_utils import create_causal_mask
+
+        decoder = self.decoder
+        positions = position_ids(attention_mask)
+        mask = create_causal_mask(
+            config=decoder.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=positions,
+        )
+        rotary = decoder.rotary_emb(hidden, position_ids=positions)
+        for block in decoder.layers[start:stop]:
+            hidden = block(
+                hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions
+            )
+        return hidden
+
+
+def split_point(backbone: nn.Module, train_layers: int | None) -> int | None:
+    """Index of the first trained block for ``train_layers`` (None: all blocks train)."""
+    if train_layers is None:
+        return None
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if not all(hasattr(backbone, a) for a in needed):
+        raise ConfigError(
+            "train_layers", f"this backbone ({type(backbone).__name__}) is not a Llama-style "
+            "decoder (embed_tokens, layers, norm, rotary_emb); train all layers instead"
+        )
+    n = len(backbone.layers)
+    if not 1 <= int(train_layers) <= n:
+        raise ConfigError("train_layers", f"the backbone has 1 to {n} blocks, got {train_layers}")
+    return n - int(train_layers)
+
+
+def enable_checkpointing(decoder: nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them."""
+    enable = getattr(decoder, "activation_checkpointing_enable", None)  # transformers >= 5
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        decoder.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
 
 def build_module(llm: Any, n_drugs: int, config: TeacherConfig) -> TeacherModule:
-    """Strip the LM head, add LoRA adapters, add the drug layer."""
+    """Strip the LM head, add LoRA adapters (on the top blocks only with ``train_layers``),
+    add the drug layer."""
     backbone = llm.model.base_model  # e.g. LlamaModel: embeddings, layers, final norm
     for p in backbone.parameters():
         p.requires_grad_(False)
+    split = split_point(backbone, config.train_layers)
+    if config.gradient_checkpointing == "on":
+        enable_checkpointing(backbone)
     if config.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
+        layers = {} if split is None else {
+            "layers_to_transform": list(range(split, len(backbone.layers))),
+            "layers_pattern": "layers",
+        }
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
             target_modules=list(config.lora_targets),
             bias="none",
+            **layers,
         )
         try:
             with warnings.catch_warnings():  # peft calls a deprecated transformers alias
@@ -128,7 +233,7 @@ def build_module(llm: Any, n_drugs: int, config: TeacherConfig) -> TeacherModule
                 "lora_targets", f"{list(config.lora_targets)} not found in the model "
                 f"{config.llm} ({str(e).splitlines()[0]})"
             ) from None
-    return TeacherModule(backbone, llm.hidden_size, n_drugs)
+    return TeacherModule(backbone, llm.hidden_size, n_drugs, split)
 
 
 # --- the training task -------------------------------------------------------------------------
@@ -139,38 +244,102 @@ class PromptBatch(TensorBatch):
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     target: torch.Tensor
+    lower: torch.Tensor | None = None  # cached lower-block output ([B, T, H]), train_layers only
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(*(None if t is None else t.to(device) for t in
+                             (self.input_ids, self.attention_mask, self.target, self.lower)))
 
 
 class TeacherTask:
-    """What the shared training loop needs: prompts -> token batches -> BCE (+ margin)."""
+    """What the shared training loop needs: prompts -> token batches -> BCE (+ margin).
 
-    def __init__(self, module: TeacherModule, builder: PromptBuilder, tokenizer, drugs, margin):
+    Each prompt is built and tokenized once (its ids are kept); batches are padded from those
+    ids, and ``lengths`` lets the loop bucket batches by length (capped by ``max_batch_tokens``).
+    """
+
+    def __init__(self, module: TeacherModule, builder: PromptBuilder, tokenizer, drugs, margin,
+                 max_batch_tokens: int | None = None):
         self.module = module
         self.builder = builder
         self.tokenizer = tokenizer
         self.drugs = drugs
         self.margin_weight = float(margin)
-        self.prompts: dict[str, str] = {}  # sample id -> prompt, built once per run
-        self.shortened: set[str] = set()
+        self.max_batch_tokens = max_batch_tokens
+        self.prompts: dict[str, Prompt] = {}  # sample id -> prompt, built once per run
+        self.cache: LayerCache | None = None
+        self.tokens = {"real": 0, "padded": 0}  # of training batches: the padding share
 
-    def prompt(self, sample: Sample) -> str:
-        text = self.prompts.get(sample.sample_id)
-        if text is None:
-            p = self.builder.build(sample)
-            text = self.prompts[sample.sample_id] = p.text
-            if p.shortened:
-                self.shortened.add(sample.sample_id)
-        return text
+    def prompt(self, sample: Sample) -> Prompt:
+        p = self.prompts.get(sample.sample_id)
+        if p is None:
+            p = self.prompts[sample.sample_id] = self.builder.build(sample)
+        return p
+
+    @property
+    def shortened(self) -> set[str]:
+        return {sid for sid, p in self.prompts.items() if p.shortened}
+
+    def stats(self) -> PromptStats:
+        return PromptStats.of(list(self.prompts.values()))
+
+    def lengths(self, samples: Sequence[Sample]) -> list[int]:
+        return [len(self.prompt(s).input_ids) for s in samples]
+
+    def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) padded on the tokenizer's side, as it would pad them."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        left = self.tokenizer.padding_side == "left"
+        for i, r in enumerate(rows):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            ids[i, span] = torch.tensor(r, dtype=torch.long)
+            mask[i, span] = 1
+        return ids, mask
 
     def collate(self, samples: Sequence[Sample]) -> PromptBatch:
-        enc = self.tokenizer(
-            [self.prompt(s) for s in samples], padding=True, return_tensors="pt"
-        )
+        rows = [self.prompt(s).input_ids for s in samples]
+        input_ids, mask = self.pad(rows)
+        if torch.is_grad_enabled():  # a training batch (validation runs under no_grad)
+            self.tokens["real"] += int(mask.sum())
+            self.tokens["padded"] += mask.numel()
         target = multi_hot([s.target for s in samples], self.drugs)
-        return PromptBatch(enc["input_ids"], enc["attention_mask"], target)
+        lower = None
+        if self.cache is not None and all(s.sample_id in self.cache for s in samples):
+            lower = self._lower(samples, mask)
+        return PromptBatch(input_ids, mask, target, lower)
+
+    def _lower(self, samples: Sequence[Sample], mask: torch.Tensor) -> torch.Tensor:
+        first = self.cache.get(samples[0].sample_id)
+        out = torch.zeros((*mask.shape, first.shape[-1]), dtype=first.dtype)
+        left = self.tokenizer.padding_side == "left"
+        for i, s in enumerate(samples):
+            h = first if i == 0 else self.cache.get(s.sample_id)
+            span = slice(mask.shape[1] - h.shape[0], None) if left else slice(0, h.shape[0])
+            out[i, span] = h
+        return out
+
+    def fill_cache(self, name: str, samples: Sequence[Sample], batch_size: int) -> int:
+        """Compute the lower blocks' output of ``samples`` once (reusing finished shards)."""
+        module = self.module
+        device = next(module.parameters()).device
+
+        def compute(rows: list[int]) -> list[torch.Tensor]:
+            chunk = [samples[i] for i in rows]
+            out: list[torch.Tensor] = [torch.zeros(0)] * len(chunk)
+            for batch in sorted_batches(self.lengths(chunk), batch_size, self.max_batch_tokens):
+                ids, mask = self.pad([self.prompt(chunk[i]).input_ids for i in batch])
+                hidden = module.lower(ids.to(device), mask.to(device)).cpu()
+                for j, i in enumerate(batch):
+                    out[i] = hidden[j][mask[j].bool()].clone()  # the real tokens only
+            return out
+
+        tokens = [self.prompt(s).input_ids for s in samples]
+        return self.cache.fill(name, [s.sample_id for s in samples], tokens, compute)
 
     def loss(self, module: nn.Module, batch: PromptBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, _ = module(batch.input_ids, batch.attention_mask)
+        logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
         bce = F.binary_cross_entropy_with_logits(logits, batch.target)
         if not self.margin_weight:
             return bce, {"bce": float(bce.detach())}
@@ -179,7 +348,7 @@ class TeacherTask:
         return total, {"bce": float(bce.detach()), "margin": float(margin.detach())}
 
     def predict(self, module: nn.Module, batch: PromptBatch) -> torch.Tensor:
-        logits, _ = module(batch.input_ids, batch.attention_mask)
+        logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
         return torch.sigmoid(logits)
 
     def targets(self, batch: PromptBatch) -> torch.Tensor:
@@ -209,23 +378,33 @@ class Teacher(MedModel):
     def __init__(self, schema, config: TeacherConfig | dict[str, Any] | None = None):
         super().__init__(schema, config)
         self.module: TeacherModule | None = None
+        self._task: TeacherTask | None = None
+        self.dtype: str | None = None  # the backbone precision chosen (``auto`` resolved)
 
     def build(self) -> None:
-        """Load the backbone and add the adapter and drug layer (refuses a bad llm or length)."""
-        llm = resolve_llm(self.config.llm, self.config.dtype)
-        self.config.llm = normalize_spec(self.config.llm)
-        if not 16 <= self.config.max_length <= llm.max_positions:
+        """Load the backbone, add the adapter and drug layer (refuses a bad llm or length)."""
+        cfg = self.config
+        device = default_device()
+        set_threads(cfg.threads, device)
+        cfg.llm = normalize_spec(cfg.llm)
+        self.dtype = choose_dtype(cfg.dtype, device)
+        llm = resolve_llm(cfg.llm, self.dtype, cfg.quantize)
+        if cfg.max_length is None:  # the paper's budget, if the backbone takes it
+            cfg.max_length = min(DEFAULT_MAX_LENGTH, llm.max_positions)
+        if not 16 <= cfg.max_length <= llm.max_positions:
             raise ConfigError(
-                "max_length", f"the model {self.config.llm} takes 16 to {llm.max_positions} "
-                f"tokens, got {self.config.max_length}"
+                "max_length", f"the model {cfg.llm} takes 16 to {llm.max_positions} tokens, "
+                f"got {cfg.max_length}"
             )
+        self.llm_config = llm.model.config
         self.tokenizer = llm.tokenizer
-        self.config.hidden_size = llm.hidden_size
+        cfg.hidden_size = llm.hidden_size
         with torch.random.fork_rng(devices=[]):  # the same start for every run and replica
-            torch.manual_seed(self.config.train.seed)
-            self.module = build_module(llm, len(self.schema.drugs), self.config)
+            torch.manual_seed(cfg.train.seed)
+            self.module = build_module(llm, len(self.schema.drugs), cfg)
         self.module.drug_layer.to(torch.float32)
-        self.module.to(_device())
+        self.module.to(device)
+        self._task = None
 
     def prompt_builder(self) -> PromptBuilder:
         return PromptBuilder(
@@ -234,22 +413,110 @@ class Teacher(MedModel):
             profile=self.config.profile,
             max_length=self.config.max_length,
             tokenizer=self.tokenizer,
+            titles=self.config.titles,
         )
 
     def task(self) -> TeacherTask:
+        """The one task of this model: its prompts are built and tokenized once."""
         if self.module is None:
             self.build()
-        return TeacherTask(
-            self.module, self.prompt_builder(), self.tokenizer, self.schema.drugs,
-            self.config.margin_weight,
+        if self._task is None:
+            self._task = TeacherTask(
+                self.module,
+                self.prompt_builder(),
+                self.tokenizer,
+                self.schema.drugs,
+                self.config.margin_weight,
+                self.config.max_batch_tokens,
+            )
+        return self._task
+
+    def memory_estimate(
+        self, samples: Sequence[Sample], checkpointing: bool | None = None
+    ) -> Any:
+        """Estimated training peak for the largest batch these samples make."""
+        task = self.task()
+        lengths = sorted(task.lengths(samples))
+        longest = lengths[-1] if lengths else 0
+        tokens = self.config.train.batch_size * longest
+        if self.config.max_batch_tokens:
+            tokens = min(tokens, max(self.config.max_batch_tokens, longest))
+        n_params = sum(p.numel() for p in self.module.parameters())
+        return estimate_peak(
+            self.llm_config,
+            n_params,
+            dtype=self.dtype,
+            batch_tokens=tokens,
+            max_length=longest,
+            trained_layers=self.config.train_layers,
+            checkpointing=(
+                self.config.gradient_checkpointing == "on" if checkpointing is None
+                else checkpointing
+            ),
+            quantize=self.config.quantize,
+            flash_attention=next(self.module.parameters()).is_cuda,
         )
 
+    def plan_memory(
+        self, samples: Sequence[Sample], say: Callable[[str], None] = lambda _line: None
+    ) -> tuple[Any, bool]:
+        """(memory estimate, checkpointing on?) for training on ``samples``; with ``auto``,
+        switches gradient checkpointing on when the estimate without it is over budget."""
+        estimate = self.memory_estimate(samples)
+        mode = self.config.gradient_checkpointing
+        if mode != "auto":
+            return estimate, mode == "on"
+        budget = memory_budget_gib(next(self.module.parameters()).device)
+        if estimate.total_gib <= budget:
+            return estimate, False
+        enable_checkpointing(self.module.decoder)
+        say(f"gradient checkpointing on: {estimate.line()} without it, over the budget of "
+            f"{budget:.1f} GiB")
+        return self.memory_estimate(samples, checkpointing=True), True
+
     def fit(self, data: Dataset, context: FitContext | None = None) -> Teacher:
+        """Train; ``context.on_info`` gets one-line notes before training (precision, prompt
+        lengths and reductions, the memory estimate, the layer cache)."""
+        context = context or FitContext()
+        say = context.on_info or (lambda _line: None)
         task = self.task()
+        train_samples, val_samples = data.samples("train"), data.samples("val")
+        t0 = time.perf_counter()
+        for s in (*train_samples, *val_samples):
+            task.prompt(s)
+        say(f"backbone {self.config.llm} in {self.dtype}"
+            f"{', ' + self.config.quantize if self.config.quantize else ''}; "
+            f"{torch.get_num_threads()} torch thread(s)")
+        say(f"prompts (train + val): {task.stats().line()} [{time.perf_counter() - t0:.0f} s]")
+        estimate, checkpointing = self.plan_memory(train_samples, say)
+        say(estimate.line())
+        cached = 0
+        if self.module.split is not None:
+            key = backbone_key(self.config.llm, self.dtype, self.module.split,
+                               self.module.decoder.layers[: self.module.split])
+            run_dir = context.run_dir
+            directory = None if run_dir is None else run_dir / LAYER_CACHE
+            task.cache = LayerCache(directory, key)
+            bs = self.config.predict_batch_size
+            cached = task.fill_cache("train", train_samples, bs)
+            cached += task.fill_cache("val", val_samples, bs)
+            say(f"layer cache: lower {self.module.split} blocks computed for {cached} prompts")
         start_from_frequencies(self.module.drug_layer.bias, data)  # a resumed run overwrites it
+        task.tokens = {"real": 0, "padded": 0}
         self.run_loop(task, data, context)
-        self.fit_summary["prompts_shortened"] = len(task.shortened)
-        self.fit_summary["prompts_built"] = len(task.prompts)
+        task.cache = None  # later predictions run the whole backbone
+        stats = task.stats()
+        padded = task.tokens["padded"]
+        self.fit_summary.update(
+            prompts_shortened=stats.shortened,
+            prompts_built=stats.prompts,
+            prompts=stats.to_dict(),
+            dtype=self.dtype,
+            padding_share=round(1 - task.tokens["real"] / padded, 4) if padded else None,
+            memory_estimate_gib=estimate.total_gib,
+            gradient_checkpointing=checkpointing,
+            layer_cache_computed=cached,
+        )
         return self
 
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray:
@@ -258,14 +525,26 @@ class Teacher(MedModel):
         return predict_in_batches(self.task(), samples, self.config.predict_batch_size)
 
     @torch.no_grad()
-    def encode(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled hidden states [N, H], drug logits [N, |drugs|]) in fp32, on the CPU."""
+    def encode(
+        self, samples: Sequence[Sample], on_progress: Callable[[int], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled hidden states [N, H], drug logits [N, |drugs|]) in fp32, on the CPU, in the
+        order of ``samples``; computed in length-sorted batches (least padding)."""
         task = self.task()
         self.module.eval()
         device = next(self.module.parameters()).device
-        batch = task.collate(samples).to(device)
-        logits, pooled = self.module(batch.input_ids, batch.attention_mask)
-        return pooled.float().cpu(), logits.float().cpu()
+        hidden = torch.zeros(len(samples), int(self.config.hidden_size or 0))
+        logits = torch.zeros(len(samples), len(self.schema.drugs))
+        batches = sorted_batches(task.lengths(samples), self.config.predict_batch_size,
+                                 task.max_batch_tokens)
+        for rows in batches:
+            batch = task.collate([samples[i] for i in rows]).to(device)
+            lg, pooled = self.module(batch.input_ids, batch.attention_mask, batch.lower)
+            index = torch.as_tensor(rows)
+            hidden[index], logits[index] = pooled.float().cpu(), lg.float().cpu()
+            if on_progress is not None:
+                on_progress(len(rows))
+        return hidden, logits
 
     # state: only what training changed (LoRA adapter + drug layer); the backbone is rebuilt
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -281,10 +560,3 @@ class Teacher(MedModel):
             )
         load_trainable_state(self.module, tensors)
         self.module.eval()
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", local)
-    return torch.device("cpu")

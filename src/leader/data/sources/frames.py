@@ -10,7 +10,8 @@ A source module turns its files into these lazy frames (see docs/data.md for the
 - ``diagnoses`` / ``procedures``: ``hadm_id``, ``code`` (``icd9:4019``, see ``dataset.icd_key``)
 - ``prescriptions``: ``hadm_id``, ``ndc``, ``gsn``, ``drug`` (Strings for the mapping routes of
   :mod:`leader.data.drugs`) and, where the source's vocabulary names the class, ``atc3``
-- ``dx_titles`` / ``px_titles``: ``code``, ``title``
+- ``dx_titles`` / ``px_titles``: ``code``, ``title`` and, where the source has them (MIMIC-III),
+  ``short_title``
 - ``splits`` (optional): ``patient_id``, ``split`` (train/val/test) from the data itself
 
 Row frames also carry ``_row`` (1-based data row in the file, the order codes keep) and ``_bad``

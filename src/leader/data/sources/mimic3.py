@@ -36,8 +36,8 @@ TABLES = {
     "diagnoses": ("DIAGNOSES_ICD", ["hadm_id", "icd9_code"]),
     "procedures": ("PROCEDURES_ICD", ["hadm_id", "icd9_code"]),
     "prescriptions": ("PRESCRIPTIONS", ["hadm_id", "drug", "gsn", "ndc"]),
-    "dx_titles": ("D_ICD_DIAGNOSES", ["icd9_code", "long_title"]),
-    "px_titles": ("D_ICD_PROCEDURES", ["icd9_code", "long_title"]),
+    "dx_titles": ("D_ICD_DIAGNOSES", ["icd9_code", "short_title", "long_title"]),
+    "px_titles": ("D_ICD_PROCEDURES", ["icd9_code", "short_title", "long_title"]),
 }
 
 
@@ -84,13 +84,17 @@ def read(root: Path, options: Mapping[str, str]) -> RawTables:
         procedures=events_frame(scans["procedures"], "hadm_id", icd9),
         prescriptions=prescriptions_frame(
             scans["prescriptions"], "hadm_id", {c: pl.col(c) for c in ("ndc", "gsn", "drug")}),
-        dx_titles=scans["dx_titles"].select(icd9.alias("code"),
-                                            clean_str("long_title").alias("title")),
-        px_titles=scans["px_titles"].select(icd9.alias("code"),
-                                            clean_str("long_title").alias("title")),
+        dx_titles=_titles(scans["dx_titles"], icd9),
+        px_titles=_titles(scans["px_titles"], icd9),
         files={labels[t]: p for t, p in paths.items()}, labels=labels, paths=paths,
     )
 
+
+
+def _titles(lf: pl.LazyFrame, code: pl.Expr) -> pl.LazyFrame:
+    """MIMIC-III has a short title (SHORT_TITLE, ~7 tokens) beside the long one (~12)."""
+    return lf.select(code.alias("code"), clean_str("long_title").alias("title"),
+                     clean_str("short_title").alias("short_title"))
 
 SOURCE = Source(
     name=NAME,

@@ -1,0 +1,293 @@
+"""Issue 10: prompts that always fit, length buckets, the layer cache, dtype choice, one
+scoring pass. All on the tiny random Llama, so they stay fast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leader.data.dataset import Dataset
+from leader.data.samples import Sample, Visit
+from leader.errors import LeaderError
+from leader.llm import choose_dtype, cpu_has_bf16, quantization_config, tiny_tokenizer
+from leader.models.layer_cache import LayerCache
+from leader.models.teacher import Teacher
+from leader.pipelines import fit_model
+from leader.prompts import PromptBuilder, PromptStats
+from leader.train import cut_batches, epoch_batches, predict_in_batches, sorted_batches
+
+FAST = {"llm": "tiny", "train": {"batch_size": 4, "lr": 1e-2}}
+
+
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory):
+    from conftest import make_tiny_dataset
+
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "small", patients=24)
+
+
+@pytest.fixture(scope="module")
+def small(small_dir):
+    return Dataset.load(small_dir)
+
+
+# --- prompts that always fit ---------------------------------------------------------------------
+
+
+def test_diagnoses_alone_over_budget_are_cut_from_the_end(small):
+    dx, px = small.vocab["diagnoses"].codes, small.vocab["procedures"].codes
+    history = Visit((dx[0],), (px[0],), ())
+    current = Visit(tuple(dx[:25]), tuple(px[:6]))
+    sample = Sample("q/1", "q", (history, history, current), {"gender": "F", "age": 60})
+    tok = tiny_tokenizer()
+    builder = PromptBuilder(small.schema, tokenizer=tok, profile=True)
+    full = builder.build(sample)
+    # the current diagnoses alone take more than this budget
+    alone = builder.count(builder._titles(current.diagnoses, "diagnoses"))
+    budget = alone - 50
+    assert budget < full.n_tokens
+    p = PromptBuilder(small.schema, tokenizer=tok, profile=True, max_length=budget).build(sample)
+    assert p.shortened and p.n_tokens <= budget  # no refusal
+    assert p.history_dropped == 2 and p.history_kept == 0
+    assert p.procedures_cut == 6 and p.profile_dropped
+    assert 0 < p.diagnoses_cut < 25
+    kept = 25 - p.diagnoses_cut
+    title = small.vocab["diagnoses"].title
+    shown = [title(c) for c in dx[:kept]]
+    assert all(t in p.text for t in shown)  # the primary (first recorded) diagnoses stay
+    assert f"and {p.diagnoses_cut} more" in p.text
+    assert title(dx[kept]) + "," not in p.text and not p.text.count(title(dx[24]) + ";")
+    assert p.text.endswith("Then, the patient should be prescribed:")
+    assert list(p.input_ids) == tok(p.text)["input_ids"]  # tokenized once, the same ids
+    stats = PromptStats.of([p, full])
+    assert (stats.shortened, stats.history_visits_dropped, stats.procedures_cut) == (1, 2, 6)
+    assert stats.diagnoses_cut == p.diagnoses_cut and stats.prompts_with_diagnoses_cut == 1
+    assert stats.tokens_max == full.n_tokens and stats.tokens_p50 == p.n_tokens
+
+
+def test_bisection_finds_the_longest_prompt_that_fits(small):
+    dx, px = small.vocab["diagnoses"].codes, small.vocab["procedures"].codes
+    sample = Sample("q/0", "q", (Visit(tuple(dx[:3]), tuple(px[:12])),))
+    tok = tiny_tokenizer()
+    full = PromptBuilder(small.schema, tokenizer=tok).build(sample)
+    budget = full.n_tokens - 40
+    p = PromptBuilder(small.schema, tokenizer=tok, max_length=budget).build(sample)
+    longer = PromptBuilder(small.schema, tokenizer=tok)
+    # one procedure more would not fit
+    from leader.prompts import _Parts
+
+    parts = _Parts((), 12 - p.procedures_cut + 1, False)
+    assert longer.count(longer._render(sample, parts)) > budget >= p.n_tokens
+
+
+def test_short_titles_stored_by_prepare_and_used_in_prompts(tmp_path):
+    from leader.data.cohort import prepare
+
+    prepare("mimic3", "demo", tmp_path / "demo")
+    demo = Dataset.load(tmp_path / "demo")
+    dx = demo.vocab["diagnoses"]
+    assert dx.title("icd9:4019") == "Unspecified essential hypertension"
+    assert dx.short_title("icd9:4019") == "Hypertension NOS"  # D_ICD_DIAGNOSES.SHORT_TITLE
+    sample = next(s for s in demo.samples() if "icd9:4019" in s.current.diagnoses)
+    tok = tiny_tokenizer()
+    long = PromptBuilder(demo.schema, tokenizer=tok).build(sample)
+    short = PromptBuilder(demo.schema, tokenizer=tok, titles="short").build(sample)
+    assert "Hypertension NOS" in short.text and "Hypertension NOS" not in long.text
+    assert short.n_tokens < long.n_tokens
+
+
+def test_short_titles_need_stored_short_titles(small):
+    with pytest.raises(LeaderError, match="short titles are not stored"):
+        PromptBuilder(small.schema, titles="short")
+    with pytest.raises(LeaderError, match="titles"):
+        PromptBuilder(small.schema, titles="medium")
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+def test_bucketed_epoch_sees_every_sample_once_seeded_and_capped():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 400, size=203)
+    a = epoch_batches(203, 8, seed=3, epoch=1, lengths=lengths, max_tokens=1200)
+    assert sorted(np.concatenate(a).tolist()) == list(range(203))  # each sample once
+    assert all(len(b) <= 8 and (len(b) == 1 or len(b) * lengths[b].max() <= 1200) for b in a)
+    again = epoch_batches(203, 8, seed=3, epoch=1, lengths=lengths, max_tokens=1200)
+    assert all((x == y).all() for x, y in zip(a, again, strict=True))  # seeded
+    other = epoch_batches(203, 8, seed=3, epoch=2, lengths=lengths, max_tokens=1200)
+    assert [b.tolist() for b in a] != [b.tolist() for b in other]  # a new order every epoch
+    padded = sum(len(b) * lengths[b].max() for b in a)
+    plain = epoch_batches(203, 8, seed=3, epoch=1)
+    padded_plain = sum(len(b) * lengths[b].max() for b in plain)
+    assert padded < 0.8 * padded_plain  # buckets waste less padding
+    ranks = [epoch_batches(203, 8, 3, 1, r, 2, lengths, 1200) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])  # DDP ranks step together
+    seen = np.concatenate(ranks[0] + ranks[1])
+    assert len(seen) == len(set(seen.tolist()))
+
+
+def test_cut_batches_splits_a_long_bucket_and_keeps_an_overlong_row():
+    lengths = [100, 100, 100, 100, 900]
+    batches = cut_batches([0, 1, 2, 3, 4], lengths, 8, max_tokens=250)
+    assert [b.tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    assert [b.tolist() for b in sorted_batches([5, 1, 3], 2)] == [[1, 2], [0]]
+
+
+def test_bucketed_prediction_keeps_the_input_order(small):
+    model = Teacher(small.schema, FAST)
+    samples = small.samples()[:12]
+    task = model.task()
+    probs = predict_in_batches(task, samples, 5)
+    for i in (0, 7, 11):
+        alone = predict_in_batches(task, [samples[i]], 1)[0]
+        np.testing.assert_allclose(probs[i], alone, atol=1e-5)
+
+
+# --- layer cache ---------------------------------------------------------------------------------
+
+
+def test_layer_cache_same_hidden_states_and_stale_refused(small, tmp_path):
+    model = Teacher(small.schema, {**FAST, "train_layers": 1})
+    model.build()
+    module = model.module.eval()
+    assert module.split == 1
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad and "lora" in n]
+    assert trainable and all("layers.1." in n for n in trainable)  # LoRA on the top block only
+    task = model.task()
+    samples = small.samples("train")[:9]
+    task.cache = LayerCache(tmp_path / "cache", "key-a")
+    assert task.fill_cache("train", samples, 4) == 9
+    batch = task.collate(samples)
+    assert batch.lower is not None
+    with torch.no_grad():
+        cached = module(batch.input_ids, batch.attention_mask, batch.lower)
+        uncached = module(batch.input_ids, batch.attention_mask)
+        whole = module.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                position_ids=__import__("leader.models.teacher").models.teacher
+                                .position_ids(batch.attention_mask)).last_hidden_state
+    for k in range(2):
+        torch.testing.assert_close(cached[k], uncached[k], atol=1e-5, rtol=1e-4)
+    rows = torch.arange(len(samples))
+    last = batch.attention_mask.long().cumsum(1).argmax(1)
+    torch.testing.assert_close(uncached[1], whole[rows, last].float(), atol=1e-5, rtol=1e-4)
+    # resumable: a second cache on the same directory reuses every shard
+    task.cache = LayerCache(tmp_path / "cache", "key-a")
+    assert task.fill_cache("train", samples, 4) == 0
+    # stale: another backbone key, or other prompts under the same name
+    with pytest.raises(LeaderError, match="another backbone"):
+        LayerCache(tmp_path / "cache", "key-b")
+    task.cache = LayerCache(tmp_path / "cache", "key-a")
+    with pytest.raises(LeaderError, match="stale layer cache"):
+        task.fill_cache("train", small.samples("train")[1:10], 4)
+
+
+def test_gradient_checkpointing_same_loss_and_gradients(small):
+    grads = []
+    for ckpt in ("off", "on"):
+        model = Teacher(small.schema, {**FAST, "gradient_checkpointing": ckpt,
+                                       "lora_dropout": 0.0})
+        task = model.task()
+        module = model.module.train()
+        loss, _ = task.loss(module, task.collate(small.samples("train")[:6]))
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in module.named_parameters()
+                                    if p.requires_grad}))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], atol=1e-6, rtol=1e-4)
+
+
+def test_prompt_stats_cli(small_dir):
+    from typer.testing import CliRunner
+
+    from leader.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["prompt-stats", str(small_dir), "--llm", "tiny",
+                                      "--max-length", "200"])
+    assert result.exit_code == 0, result.output
+    assert "tokens_p90" in result.output and "diagnoses_cut" in result.output
+
+
+def test_train_layers_out_of_range(small):
+    with pytest.raises(LeaderError, match="^train_layers: the backbone has 1 to 2 blocks, got 3"):
+        Teacher(small.schema, {**FAST, "train_layers": 3}).build()
+
+
+# --- precision, quantization, memory -------------------------------------------------------------
+
+
+def test_bf16_only_where_the_hardware_has_bf16_units(monkeypatch):
+    assert cpu_has_bf16("flags : fpu avx2 avx512f avx512_bf16 amx_tile")
+    assert cpu_has_bf16("flags : fpu amx_bf16")
+    assert not cpu_has_bf16("flags : fpu avx avx2 avx512f")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("leader.llm.has_bf16_units", lambda device=None: True)
+    assert choose_dtype("auto", cpu) == "bf16"
+    monkeypatch.setattr("leader.llm.has_bf16_units", lambda device=None: False)
+    assert choose_dtype("auto", cpu) == "fp32"
+    assert choose_dtype("bf16", cpu) == "bf16"  # an explicit choice stays
+    with pytest.raises(LeaderError, match="--dtype"):
+        choose_dtype("fp8", cpu)
+
+
+def test_bf16_backbone_keeps_lora_and_drug_layer_fp32(small):
+    model = Teacher(small.schema, {**FAST, "dtype": "bf16"})
+    model.build()
+    params = dict(model.module.named_parameters())
+    assert params["drug_layer.weight"].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for n, p in params.items() if "lora_" in n)
+    assert any(p.dtype == torch.bfloat16 for n, p in params.items() if "lora_" not in n)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal only")
+def test_quantize_refused_clearly_without_a_gpu():
+    with pytest.raises(LeaderError, match="needs a CUDA GPU"):
+        quantization_config("4bit", "bf16")
+    with pytest.raises(LeaderError, match="not one of"):
+        quantization_config("3bit", "bf16")
+
+
+def test_memory_estimate_grows_with_tokens_and_shrinks_with_options(small):
+    from leader.memory import estimate_peak
+
+    model = Teacher(small.schema, FAST)
+    model.build()
+    cfg, n = model.llm_config, 7_000_000_000
+    base = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048)
+    assert estimate_peak(cfg, n, dtype="bf16", batch_tokens=16384, max_length=2048).total_gib > (
+        base.total_gib)
+    ckpt = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048,
+                         checkpointing=True)
+    q4 = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048, quantize="4bit")
+    assert ckpt.activations_gib < base.activations_gib and q4.weights_gib < base.weights_gib / 3
+    assert "estimated peak memory" in base.line()
+
+
+# --- one scoring pass ----------------------------------------------------------------------------
+
+
+def test_metrics_from_the_export_pass_equal_a_separate_scoring_pass(small_dir, small, tmp_path):
+    from leader.bundle import load
+    from leader.evaluation import split_metrics
+    from leader.features import load_features
+
+    out = tmp_path / "teacher"
+    notes: list[str] = []
+    result = fit_model("teacher", small_dir, out,
+                       {**FAST, "train": {**FAST["train"], "max_steps": 2}},
+                       progress=False, on_info=notes.append)
+    assert any("fp32" in n for n in notes) and any("estimated peak" in n for n in notes)
+    assert result.training["prompts"]["prompts"] > 0 and 0 <= result.training["padding_share"]
+    rec = load(out)
+    separate = split_metrics(rec.model, small)
+    for split in ("val", "test"):
+        for key in ("jaccard", "f1", "prauc"):
+            assert result.metrics[split][key] == pytest.approx(separate[split][key], abs=1e-6)
+    ids, hidden, logits = load_features(out, small, "test")
+    assert ids == [s.sample_id for s in small.samples("test")]
+    probs = rec.model.predict_proba(small.samples("test"))
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), probs, atol=1e-5)
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert "prompts" in manifest["training"] and manifest["training"]["dtype"] == "fp32"
