@@ -59,7 +59,8 @@ def main() -> None:
             checkpointing=checkpointing,
         )
 
-    checkpointing = mode is True
+    mode = args.gradient_checkpointing
+    checkpointing = mode == "on"
     if mode == "auto":  # as Teacher.plan_memory decides, for this batch
         from leader.memory import memory_budget_gib
         from leader.models.teacher import enable_checkpointing

@@ -370,9 +370,6 @@ def prompt_stats(
 ) -> PromptStats:
     """Lengths and budget reductions of every prompt of DATA_DIR (or one split), measured with
     the backbone's tokenizer only: what a teacher run would build, without loading weights."""
-    from leader.data.dataset import Dataset
-    from leader.llm import load_tokenizer
-
     data = Dataset.load(data_dir)
     builder = PromptBuilder(
         data.schema, history=history, profile=profile, max_length=max_length,
