@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import NOT_ASCII_DIGITS, age_bundle, make_bundle, run_cli, simple_patient
-from leader.data.sources.mimic3 import demo_root
 from safetensors.torch import load_file, save_file
 
 from leader.artifacts import sha256_file
+from leader.data.sources.mimic3 import demo_root
 
 
 @dataclass
