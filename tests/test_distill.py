@@ -272,6 +272,8 @@ def test_cli_ablation_without_teacher(cli, tiny_data_dir, tmp_path):
         "alpha": 0.0,
         "beta": 0.0,
         "online": False,
+        "loss": "mse",
+        "standardized": True,
         "teacher": None,
         "teacher_hash": None,
     }

@@ -49,14 +49,20 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     force: bool = False,
     extra: dict[str, Any] | None = None,
+    rule: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a self-contained MODEL_DIR at ``out`` (atomically)."""
+    """Write ``model`` as a self-contained MODEL_DIR at ``out`` (atomically).
+
+    ``rule``: the decision rule of :func:`leader.evaluation.decide_threshold` (threshold, its
+    rule in words, optional set-size cap); it wins over ``threshold``."""
+    rule = rule or {"threshold": threshold, "threshold_rule": f"fixed {threshold:g}"}
+    threshold = float(rule["threshold"])
     out = Path(out)
     with atomic_dir(out, force=force) as tmp:
         model.save(tmp)
         model.schema.save(tmp)
         write_json(tmp / METRICS_FILE, metrics or {})
-        (tmp / "README.md").write_text(model_card(model, threshold, metrics or {}))
+        (tmp / "README.md").write_text(model_card(model, threshold, metrics or {}, rule))
         write_manifest(
             tmp,
             MODEL_KIND,
@@ -64,6 +70,9 @@ def save_bundle(
             model=model.name,
             config=model.config,
             threshold=threshold,
+            threshold_rule=rule.get("threshold_rule"),
+            max_drugs=rule.get("max_drugs"),
+            **({"threshold_tuning": rule["tuning"]} if rule.get("tuning") else {}),
             parameters=model.num_parameters(),
             data={"source": model.schema.source, "hash": model.schema.data_hash},
             files=_file_hashes(tmp),
@@ -72,7 +81,9 @@ def save_bundle(
     return out
 
 
-def model_card(model: MedModel, threshold: float, metrics: dict[str, Any]) -> str:
+def model_card(
+    model: MedModel, threshold: float, metrics: dict[str, Any], rule: dict | None = None
+) -> str:
     lines = [
         f"# leader model: {model.name}",
         "",
@@ -91,7 +102,8 @@ def model_card(model: MedModel, threshold: float, metrics: dict[str, Any]) -> st
         f"({model.schema.ddi_source or 'unknown source'})",
         "",
         "## Decision rule",
-        f"A drug class is recommended when its probability is at least {threshold}.",
+        f"A drug class is recommended when its probability is at least {threshold:g} "
+        f"(rule: {(rule or {}).get('threshold_rule') or 'fixed'}).",
         "",
         "## Metrics",
     ]
@@ -123,6 +135,8 @@ class Recommender:
         self.manifest = manifest
         self.model = model
         self.threshold = float(manifest.get("threshold", 0.5))
+        cap = manifest.get("max_drugs")
+        self.max_drugs = int(cap) if cap is not None else None  # cap on the recommended set
 
     @property
     def schema(self) -> Schema:

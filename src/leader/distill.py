@@ -30,7 +30,8 @@ from leader.artifacts import check_can_write, read_json
 from leader.data.dataset import Dataset
 from leader.data.samples import CodeBatch, Sample
 from leader.errors import LeaderError
-from leader.evaluation import split_metrics
+from leader.evaluation import check_threshold, decide_threshold, split_metrics
+from leader.models.base import start_from_frequencies
 from leader.models.student import Student, StudentModule
 from leader.train import LOG, TrainConfig, TrainResult, prepare_run_dir, run_dir_for, train
 
@@ -43,7 +44,9 @@ FALLBACK_SOURCE = "mimic3"
 class DistillOptions:
     alpha: float | None = None  # None: the data source's reference value
     beta: float | None = None
-    temperature: float = 0.1  # InfoNCE temperature on cosine similarities
+    temperature: float | None = None  # InfoNCE temperature; None: the student's align_temperature
+    distill_loss: str = "mse"  # feature distillation: "mse" or "cosine" (1 - cosine similarity)
+    standardize: bool = True  # teacher features standardized per dimension (training-split stats)
     online: bool = False
     epochs: int = 50
     max_steps: int | None = None
@@ -52,7 +55,9 @@ class DistillOptions:
     patience: int = 10
     eval_every: int | None = None  # optimiser steps between validations; None = every epoch
     seed: int = 42
-    threshold: float = 0.5
+    threshold: float | None = None  # None: tuned on validation (best mean F1); else fixed
+    max_drugs: int | None = None  # optional cap on the recommended set size
+    threads: int | None = None  # torch threads while training; None: leader.train.default_threads
     progress: bool = True
 
     def resolved(self, source: str, use_profile: bool = True) -> DistillOptions:
@@ -70,10 +75,13 @@ class DistillOptions:
             out.beta = beta if self.beta is None else float(self.beta)
         if out.alpha < 0 or out.beta < 0:
             raise LeaderError(f"--alpha/--beta: expected >= 0, got {out.alpha}/{out.beta}")
-        if out.temperature <= 0:
+        if out.temperature is not None and out.temperature <= 0:
             raise LeaderError(f"--temperature: expected > 0, got {out.temperature}")
-        if not 0.0 <= out.threshold <= 1.0:
-            raise LeaderError(f"--threshold: expected a number in [0, 1], got {out.threshold}")
+        if out.distill_loss not in FEATURE_LOSSES:
+            raise LeaderError(
+                f"--distill-loss {out.distill_loss!r}: expected one of {', '.join(FEATURE_LOSSES)}"
+            )
+        check_threshold(out.threshold, out.max_drugs)
         return out
 
     def train_config(self) -> TrainConfig:
@@ -85,6 +93,7 @@ class DistillOptions:
             patience=self.patience,
             eval_every=self.eval_every,
             seed=self.seed,
+            threads=self.threads,
             progress=self.progress,
         )
 
@@ -96,17 +105,30 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def feature_loss(projected: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
-    """MSE between the projected student feature and the teacher's hidden state."""
-    return F.mse_loss(projected, teacher_hidden.to(projected.dtype))
+def feature_loss(
+    projected: torch.Tensor, teacher_hidden: torch.Tensor, kind: str = "mse"
+) -> torch.Tensor:
+    """MSE, or 1 - cosine similarity, between the projected student feature and the teacher's."""
+    target = teacher_hidden.to(projected.dtype)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
+    return F.mse_loss(projected, target)
+
+
+FEATURE_LOSSES = ("mse", "cosine")
 
 
 def info_nce(
-    a: torch.Tensor, b: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+    summed: bool = False,
 ) -> torch.Tensor:
     """Symmetric InfoNCE: row i of ``a`` should match row i of ``b`` among the batch's rows.
 
-    Cosine similarities over ``temperature``; the mean of the a→b and b→a cross-entropies.
+    Cosine similarities over ``temperature``; the a→b and b→a cross-entropies averaged, or
+    ``summed`` as the reference code does (which doubles the term's weight).
     Rows where ``valid`` is false (no target drug) take no part; fewer than two rows give 0.
     """
     if valid is not None:
@@ -115,31 +137,44 @@ def info_nce(
         return a.sum() * 0.0 + b.sum() * 0.0  # keeps the graph (DDP) without a signal
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
     labels = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    both = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
+    return both if summed else both / 2
 
 
 # --- teacher features --------------------------------------------------------------------------
 
 
 class FeatureTable:
-    """Exported teacher hidden states, aligned to samples by sample id."""
+    """Exported teacher hidden states, aligned to samples by sample id.
 
-    def __init__(self, ids: Sequence[str], hidden: torch.Tensor):
+    ``standardize``: each dimension minus its mean over these rows, over its std. An LLM's
+    hidden state is mostly a constant offset in a few dimensions (SmolLM2: ~97% of the mean
+    square), which a raw MSE spends itself on; standardized, every dimension's variation counts.
+    :meth:`load` reads the TRAINING split only, so the statistics never see validation or test.
+    """
+
+    def __init__(self, ids: Sequence[str], hidden: torch.Tensor, standardize: bool = False):
         if len(ids) != hidden.shape[0]:
             raise LeaderError(f"teacher features: {len(ids)} ids for {hidden.shape[0]} rows")
         self.index = {sid: i for i, sid in enumerate(ids)}
         self.hidden = hidden.float()
+        self.mean = self.std = None
+        if standardize:
+            self.mean = self.hidden.mean(0)
+            self.std = self.hidden.std(0, unbiased=False).clamp_min(1e-6)
+            self.hidden = (self.hidden - self.mean) / self.std
 
     @property
     def size(self) -> int:
         return int(self.hidden.shape[1])
 
     @classmethod
-    def load(cls, teacher_dir: Path, data: Dataset, split: str = "train") -> FeatureTable:
+    def load(cls, teacher_dir: Path, data: Dataset, standardize: bool = False) -> FeatureTable:
+        """The training split's features (and, standardized, the training split's statistics)."""
         from leader.features import load_features
 
-        ids, hidden, _logits = load_features(teacher_dir, data, split)
-        return cls(ids, hidden)
+        ids, hidden, _logits = load_features(teacher_dir, data, "train")
+        return cls(ids, hidden, standardize)
 
     def check_covers(self, samples: Sequence[Sample], where: str) -> None:
         missing = [s.sample_id for s in samples if s.sample_id not in self.index]
@@ -207,12 +242,23 @@ class DistillBatch:
 class DistillModule(nn.Module):
     """The student plus the training-only projector; one forward for the whole loss (DDP)."""
 
-    def __init__(self, student: StudentModule, teacher_size: int | None, align: bool):
+    def __init__(
+        self,
+        student: StudentModule,
+        teacher_size: int | None,
+        align: bool,
+        align_projection: int = 0,
+    ):
         super().__init__()
         self.student = student
         self.align = align
         hidden = student.head.in_features
         self.projector = nn.Linear(hidden, teacher_size) if teacher_size else None
+        # the reference projects both sides of the alignment (d -> 64) before InfoNCE
+        d = student.sets["drugs"].dim
+        project = align and align_projection > 0
+        self.align_profile = nn.Linear(d, align_projection) if project else nn.Identity()
+        self.align_target = nn.Linear(d, align_projection) if project else nn.Identity()
 
     def forward(self, code: CodeBatch) -> dict[str, torch.Tensor]:
         logits, feature, profile = self.student(code)
@@ -220,7 +266,8 @@ class DistillModule(nn.Module):
         if self.projector is not None:
             out["projected"] = self.projector(feature)
         if self.align:
-            out["target_set"] = self.student.encode_drug_set(code.target)
+            out["profile"] = self.align_profile(profile)
+            out["target_set"] = self.align_target(self.student.encode_drug_set(code.target))
         return out
 
 
@@ -232,18 +279,24 @@ class DistillTask:
         student: Student,
         alpha: float,
         beta: float,
-        temperature: float = 0.1,
+        temperature: float | None = None,
         teacher: Any = None,  # FeatureTable | OnlineTeacher | None
+        distill_loss: str = "mse",
     ):
         if alpha > 0 and teacher is None:
             raise LeaderError("--alpha > 0 needs teacher features (--teacher), or use --alpha 0")
         if student.module is None:
             student.build()
         self.student = student
-        self.alpha, self.beta, self.temperature = alpha, beta, temperature
-        self.teacher = teacher
+        cfg = student.config
+        self.alpha, self.beta = alpha, beta
+        self.temperature = float(cfg["align_temperature"] if temperature is None else temperature)
+        self.align_sum = bool(cfg["align_sum"])
+        self.teacher, self.distill_loss = teacher, distill_loss
         size = teacher.size if teacher is not None else None
-        self.module = DistillModule(student.module, size, align=beta > 0)
+        self.module = DistillModule(
+            student.module, size, align=beta > 0, align_projection=int(cfg["align_projection"])
+        )
 
     def collate(self, samples: Sequence[Sample]) -> DistillBatch:
         code = self.student.encoder.collate(samples)
@@ -260,12 +313,16 @@ class DistillTask:
         if "projected" in out and self.alpha > 0:
             if batch.teacher is None:
                 raise LeaderError("a training batch has no teacher features")
-            mse = feature_loss(out["projected"], batch.teacher)
+            mse = feature_loss(out["projected"], batch.teacher, self.distill_loss)
             total = total + self.alpha * mse
             logs["mse"] = float(mse.detach())
         if "target_set" in out:
             align = info_nce(
-                out["profile"], out["target_set"], self.temperature, valid=target.sum(-1) > 0
+                out["profile"],
+                out["target_set"],
+                self.temperature,
+                valid=target.sum(-1) > 0,
+                summed=self.align_sum,
             )
             total = total + self.beta * align
             logs["align"] = float(align.detach())
@@ -292,8 +349,8 @@ def load_teacher(teacher: Path | None, data: Dataset, options: DistillOptions) -
     if not teacher.is_dir():
         raise LeaderError(f"--teacher {teacher}: directory not found")
     if options.online:
-        return OnlineTeacher(teacher, data)
-    table = FeatureTable.load(teacher, data, "train")
+        return OnlineTeacher(teacher, data)  # raw hidden states: no exported statistics
+    table = FeatureTable.load(teacher, data, standardize=options.standardize)
     table.check_covers(data.samples("train"), str(teacher / "features"))
     return table
 
@@ -306,6 +363,7 @@ def fit(
     run_dir: Path | None = None,
     features: FeatureTable | OnlineTeacher | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``student`` in place on ``data``; it ends with the best validation weights.
 
@@ -316,11 +374,18 @@ def fit(
     )
     torch.manual_seed(options.seed)  # the initial weights are part of the seeded run
     student.build()
+    if student.config["frequency_bias"]:
+        start_from_frequencies(student.module.head.bias, data)
     student.config["training"] = {k: v for k, v in asdict(options).items() if k != "progress"}
     if features is None:
         features = load_teacher(teacher, data, options)
     task = DistillTask(
-        student, options.alpha or 0.0, options.beta or 0.0, options.temperature, features
+        student,
+        options.alpha or 0.0,
+        options.beta or 0.0,
+        options.temperature,
+        features,
+        options.distill_loss,
     )
     result = train(
         task,
@@ -329,6 +394,7 @@ def fit(
         options.train_config(),
         run_dir,
         on_step=on_step,
+        on_eval=on_eval,
     )
     student.module.eval()
     return result
@@ -342,6 +408,7 @@ class DistillResult:
     train: TrainResult
     options: DistillOptions
     parameters: int
+    rule: dict[str, Any] = field(default_factory=dict)  # the decision rule in the bundle
     notes: list[str] = field(default_factory=list)
 
 
@@ -381,7 +448,8 @@ def distill(
         force,
     )
     result = fit(student, data, resolved, run_dir=run_dir, features=features)
-    metrics = split_metrics(student, data, resolved.threshold)
+    rule = decide_threshold(student, data, resolved.threshold, resolved.max_drugs)
+    metrics = split_metrics(student, data, rule["threshold"], resolved.max_drugs)
     metrics["training"] = {
         "best_val_prauc": result.best_score,
         "best_step": result.best_step,
@@ -396,16 +464,18 @@ def distill(
             "alpha": resolved.alpha,
             "beta": resolved.beta,
             "online": resolved.online,
+            "loss": resolved.distill_loss,
+            "standardized": bool(resolved.standardize and not resolved.online),
             "teacher": str(teacher) if resolved.alpha else None,
             "teacher_hash": thash,
         }
     }
     student.train_log = run_dir / LOG if (run_dir / LOG).is_file() else None
-    save_bundle(
-        student, out, threshold=resolved.threshold, metrics=metrics, force=force, extra=extra
-    )
+    save_bundle(student, out, metrics=metrics, force=force, extra=extra, rule=rule)
     shutil.rmtree(run_dir, ignore_errors=True)
-    return DistillResult(out, metrics, teacher_metrics, result, resolved, student.num_parameters())
+    return DistillResult(
+        out, metrics, teacher_metrics, result, resolved, student.num_parameters(), rule
+    )
 
 
 def _teacher_hash(teacher: Path | None) -> str | None:

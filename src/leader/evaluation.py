@@ -30,15 +30,16 @@ from leader.data.samples import Sample, multi_hot
 from leader.errors import LeaderError
 from leader.metrics import (
     CONVENTIONS,
-    THRESHOLD_GRID,
+    THRESHOLD_SEARCH,
     per_visit,
     resample_indices,
     resampled,
+    search_threshold,
     summarize,
-    tune_threshold,
 )
 
 DEFAULT_THRESHOLD = 0.5
+TUNED_RULE = THRESHOLD_SEARCH
 
 
 def protocol_line(protocol: dict) -> str:
@@ -111,24 +112,68 @@ def group_masks(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     }
 
 
+def rule_text(threshold: float, tuned: bool, max_drugs: int | None = None) -> str:
+    """The decision rule in words, as every result states it."""
+    rule = TUNED_RULE if tuned else f"fixed {threshold:g}"
+    return rule + (f", at most {max_drugs} drugs per visit" if max_drugs else "")
+
+
+def check_threshold(threshold: float | None, max_drugs: int | None = None) -> None:
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise LeaderError(f"threshold {threshold}: expected a number between 0 and 1")
+    if max_drugs is not None and max_drugs < 1:
+        raise LeaderError(f"max_drugs {max_drugs}: expected at least 1")
+
+
+def decide_threshold(
+    model: Any,
+    data: Dataset,
+    threshold: float | None = None,
+    max_drugs: int | None = None,
+    val_probs: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The decision rule a pipeline stores in a bundle: ``threshold`` when given (fixed), else
+    the validation split's best mean-F1 grid value; never the test split. Any model's pipeline
+    calls this after fitting, so every model gets the same rule. ``val_probs``: the model's
+    scores of the val split when already computed (a slow teacher scores it once)."""
+    check_threshold(threshold, max_drugs)
+    out: dict[str, Any] = {"max_drugs": max_drugs}
+    val = data.samples("val")
+    if threshold is not None or not val:
+        fixed = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        rule = rule_text(fixed, False, max_drugs)
+        if threshold is None:
+            rule += " (no validation visits to tune on)"
+        return {**out, "threshold": fixed, "threshold_rule": rule}
+    probs = np.asarray(model.predict_proba(val) if val_probs is None else val_probs)
+    best, f1 = search_threshold(truth(val, data), probs, max_drugs=max_drugs)
+    return {
+        **out,
+        "threshold": best,
+        "threshold_rule": rule_text(best, True, max_drugs),
+        "tuning": {"val_visits": len(val), "val_f1": f1},
+    }
+
+
 def choose_threshold(
     rec: Recommender, data: Dataset, threshold: float | None, tune: bool
 ) -> tuple[float, str, dict[str, Any]]:
-    """The threshold, the rule in words, and what tuning saw (empty when not tuned)."""
+    """The threshold, the rule in words, and what tuning saw (empty when not tuned).
+
+    Neither given: the bundle's own rule (tuned on validation when it was trained)."""
     if tune:
         if threshold is not None:
             raise LeaderError("--threshold and --tune-threshold: give one or the other")
         val = split_samples(data, "val")
         probs, _ = score(rec, data, val)
-        best, jac = tune_threshold(truth(val, data), probs)
-        grid = f"{THRESHOLD_GRID[0]}..{THRESHOLD_GRID[-1]} step 0.05"
-        rule = f"tuned on the val split: best mean Jaccard over the grid {grid}"
-        return best, rule, {"val_visits": len(val), "val_jaccard": jac}
+        best, f1 = search_threshold(truth(val, data), probs, max_drugs=rec.max_drugs)
+        rule = rule_text(best, True, rec.max_drugs) + " (at evaluation)"
+        return best, rule, {"val_visits": len(val), "val_f1": f1}
     if threshold is None:
-        return DEFAULT_THRESHOLD, "fixed 0.5 for every model", {}
-    if not 0.0 < threshold < 1.0:
-        raise LeaderError(f"--threshold {threshold}: expected a number between 0 and 1")
-    return float(threshold), f"fixed {threshold} for every model", {}
+        rule = rec.manifest.get("threshold_rule") or rule_text(rec.threshold, False)
+        return rec.threshold, f"the bundle's: {rule}", {}
+    check_threshold(threshold)
+    return float(threshold), rule_text(threshold, False, rec.max_drugs) + " for every model", {}
 
 
 def metrics_block(
@@ -138,9 +183,10 @@ def metrics_block(
     samples: Sequence[Sample],
     draws: list[np.ndarray],
     threshold: float,
+    max_drugs: int | None = None,
 ) -> tuple[dict, dict]:
     """Resampled metrics over all visits, and per group on the same draws."""
-    values = per_visit(y, probs, ddi, threshold)
+    values = per_visit(y, probs, ddi, threshold, max_drugs)
     groups: dict[str, Any] = {"by_visits": {}}
     for key, mask in group_masks(samples).items():
         sub = [d[mask[d]] for d in draws]
@@ -174,7 +220,7 @@ def evaluate(
     probs, seconds = score(rec, data, samples)
     draws = resample_indices(len(samples), rounds, frac, seed)
     metrics, groups = metrics_block(
-        truth(samples, data), probs, data.ddi_matrix, samples, draws, thr
+        truth(samples, data), probs, data.ddi_matrix, samples, draws, thr, rec.max_drugs
     )
     manifest = rec.manifest
     trained_on = manifest.get("data", {}).get("hash", "")
@@ -188,6 +234,7 @@ def evaluate(
             "sample_size": len(draws[0]),
             "threshold": thr,
             "threshold_rule": rule,
+            "max_drugs": rec.max_drugs,
             **({"tuning": tuning} if tuning else {}),
             "interval": "empirical 2.5 and 97.5 percentiles over the rounds",
             "std": "sample standard deviation (ddof=1) over the rounds",
@@ -223,15 +270,23 @@ def means(result: dict) -> dict[str, float]:
     return {m: v["mean"] for m, v in result["metrics"].items()}
 
 
-def split_metrics(model: Any, data: Dataset, threshold: float = DEFAULT_THRESHOLD) -> dict:
+def split_metrics(
+    model: Any,
+    data: Dataset,
+    threshold: float = DEFAULT_THRESHOLD,
+    max_drugs: int | None = None,
+    probs: dict[str, np.ndarray] | None = None,
+) -> dict:
     """Point metrics of an in-memory model on the val and test splits (no resampling), for the
-    bundle's ``metrics.json``; a split without visits is left out."""
+    bundle's ``metrics.json``; a split without visits is left out. ``probs``: scores per split
+    already computed."""
     out: dict[str, dict] = {}
     for split in ("val", "test"):
         samples = data.samples(split)
         if not samples:
             continue
-        probs = np.asarray(model.predict_proba(samples))
-        values = per_visit(truth(samples, data), probs, data.ddi_matrix, threshold)
+        scores = (probs or {}).get(split)
+        scores = np.asarray(model.predict_proba(samples) if scores is None else scores)
+        values = per_visit(truth(samples, data), scores, data.ddi_matrix, threshold, max_drugs)
         out[split] = {**summarize(values), "n_visits": len(samples), "threshold": threshold}
     return out

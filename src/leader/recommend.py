@@ -53,7 +53,11 @@ def model_info(rec: Recommender) -> dict[str, str]:
 
 
 def ranked_output(
-    probs: np.ndarray, schema: Schema, threshold: float, top_k: int | None
+    probs: np.ndarray,
+    schema: Schema,
+    threshold: float,
+    top_k: int | None,
+    max_drugs: int | None = None,
 ) -> dict[str, Any]:
     """Rank every drug class; pick the recommended set; list interacting pairs inside it."""
     drugs = schema.drugs
@@ -63,7 +67,7 @@ def ranked_output(
         {"code": drugs.codes[j], "name": drugs.titles[j], "probability": p}
         for j, p in zip(order.tolist(), rounded, strict=True)
     ]
-    chosen = order[:top_k] if top_k is not None else order[probs[order] >= threshold]
+    chosen = order[:top_k] if top_k is not None else order[probs[order] >= threshold][:max_drugs]
     chosen = chosen.tolist()
     ddi = schema.ddi_matrix
     warnings = [
@@ -112,7 +116,7 @@ def outputs(
         {
             "patient_id": sample.patient_id,
             "model": model,
-            **ranked_output(probs[i], rec.schema, cut, top_k),
+            **ranked_output(probs[i], rec.schema, cut, top_k, rec.max_drugs),
             "threshold": cut if top_k is None else None,
             "top_k": top_k,
             "warnings": warnings,

@@ -88,20 +88,32 @@ def train_baseline_cmd(
                                                   show_default=False)] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (neural baselines) [default: 42].",
                                              show_default=False)] = None,
-    threshold: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")]
-    = 0.5,
+    threshold: Annotated[float | None, typer.Option(
+        help="Fixed decision threshold (default: tuned on validation, best mean F1).",
+        show_default=False)] = None,
+    max_drugs: Annotated[int | None, typer.Option(
+        help="Recommend at most this many drugs per visit.", show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="JSON from `leader tune NAME` (neural baselines); its values win.",
+        show_default=False)] = None,
     run_dir: Annotated[Path | None, typer.Option(
         help="Keep resumable checkpoints here (neural baselines).", show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing MODEL_DIR.")] = False,
 ) -> None:
     """Train a baseline and save it as a bundle (usable by evaluate, recommend and serve)."""
     from leader.models.baselines.training import train_baseline
+    from leader.tune import read_config
 
     overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps,
                  "seed": seed}
-    path, metrics = train_baseline(name, data, out, overrides, threshold, force, run_dir)
+    if config is not None:
+        overrides.update(read_config(config, name)[0])
+    path, metrics = train_baseline(name, data, out, overrides, threshold, force, run_dir,
+                                   max_drugs)
+    rule = metrics.pop("rule")
     table = Table(title=f"{name} → {path}", title_justify="left",
-                  caption=f"point estimates on the whole split, threshold {threshold}")
+                  caption=f"point estimates on the whole split, threshold {rule['threshold']:g} "
+                  f"({rule['threshold_rule']})")
     for col in ("split", "visits", "Jaccard", "PRAUC", "F1", "DDI rate", "#MED"):
         table.add_column(col, justify="left" if col == "split" else "right")
     for split, m in metrics.items():

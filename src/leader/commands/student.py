@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,38 @@ def distill_cmd(
             show_default=False,
         ),
     ] = None,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature.")] = 0.1,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="InfoNCE temperature (default: the preset's).", show_default=False),
+    ] = None,
+    distill_loss: Annotated[
+        str, typer.Option(help="Feature distillation loss: mse or cosine.")
+    ] = "mse",
+    standardize: Annotated[
+        bool,
+        typer.Option(help="Standardize teacher features per dimension (training-split stats)."),
+    ] = True,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Student preset: leader (default) or reference (the paper's code).",
+                     show_default=False),
+    ] = None,
+    wide: Annotated[
+        bool | None,
+        typer.Option("--wide/--no-wide", help="Direct linear path (default: the preset's).",
+                     show_default=False),
+    ] = None,
+    frequency_bias: Annotated[
+        bool | None,
+        typer.Option("--frequency-bias/--no-frequency-bias",
+                     help="Output bias at training log-odds (default: the preset's).",
+                     show_default=False),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="JSON from `leader tune student`: model keys and training options.",
+                     show_default=False),
+    ] = None,
     no_profile: Annotated[
         bool,
         typer.Option(
@@ -62,19 +94,38 @@ def distill_cmd(
     patience: Annotated[int, typer.Option(help="Validations without a better PRAUC.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of initialisation and data order.")] = 42,
     max_visits: Annotated[int, typer.Option(help="Last K visits the student reads.")] = 10,
-    threshold: Annotated[float, typer.Option(help="Decision threshold of the bundle.")] = 0.5,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Fixed decision threshold (default: tuned on validation, best mean F1).",
+                     show_default=False),
+    ] = None,
+    max_drugs: Annotated[
+        int | None,
+        typer.Option(help="Recommend at most this many drugs per visit.", show_default=False),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Torch threads (default: 1, or OMP_NUM_THREADS).", show_default=False),
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(help="Replace an existing MODEL_DIR / discard a checkpoint of other options."),
     ] = False,
 ) -> None:
-    """Distill the LEADER student; rerun the same command to resume after a kill."""
-    from leader.distill import DistillOptions, distill
+    """Distill the LEADER student; rerun the same command to resume after a kill.
 
+    --config (from `leader tune student`) sets the model keys and training options it holds;
+    its values win over the options given here."""
+    from leader.distill import DistillOptions, distill
+    from leader.tune import read_config
+
+    tuned_model, tuned_options = read_config(config, "student") if config else ({}, {})
     options = DistillOptions(
         alpha=alpha,
         beta=beta,
         temperature=temperature,
+        distill_loss=distill_loss,
+        standardize=standardize,
         online=online,
         epochs=epochs,
         max_steps=max_steps,
@@ -83,8 +134,17 @@ def distill_cmd(
         patience=patience,
         seed=seed,
         threshold=threshold,
+        max_drugs=max_drugs,
+        threads=threads,
     )
-    model_config = {"max_visits": max_visits, "use_profile": not no_profile}
+    options = replace(options, **tuned_options)  # the tuned values win
+    given = {"preset": preset, "wide": wide, "frequency_bias": frequency_bias}
+    model_config = {
+        **tuned_model,
+        "max_visits": max_visits,
+        "use_profile": not no_profile,
+        **{k: v for k, v in given.items() if v is not None},
+    }
     result = distill(data, out, teacher, options, model_config, force=force)
     console.print(
         f"student in {result.out}: {result.parameters:,} parameters, α {result.options.alpha}, "
@@ -92,12 +152,13 @@ def distill_cmd(
         f"{result.train.best_step} of {result.train.steps}",
         highlight=False,
     )
-    console.print(metrics_table(result.metrics, result.teacher_metrics, result.options.threshold))
+    console.print(metrics_table(result.metrics, result.teacher_metrics, result.rule))
 
 
-def metrics_table(student: dict, teacher: dict | None, threshold: float) -> Table:
+def metrics_table(student: dict, teacher: dict | None, rule: dict) -> Table:
     """The student's validation and test metrics, the teacher's (as saved in its bundle) beside."""
-    table = Table(title=f"metrics at threshold {threshold}", title_justify="left")
+    title = f"metrics at threshold {rule['threshold']:g} ({rule['threshold_rule']})"
+    table = Table(title=title, title_justify="left")
     table.add_column("metric", style="bold")
     columns = [
         ("student val", student.get("val") or {}),

@@ -68,6 +68,11 @@ def train_teacher_cmd(
         help="Validate every N steps (default: every epoch).", show_default=False)] = None,
     patience: Annotated[int, typer.Option(help="Validations without improvement.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of data order and initialisation.")] = 42,
+    threshold: Annotated[float | None, typer.Option(
+        help="Fixed decision threshold (default: tuned on validation, best mean F1).",
+        show_default=False)] = None,
+    max_drugs: Annotated[int | None, typer.Option(
+        help="Recommend at most this many drugs per visit.", show_default=False)] = None,
     force: Annotated[bool, typer.Option(
         help="Replace an existing TEACHER_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
@@ -84,12 +89,15 @@ def train_teacher_cmd(
             "seed": seed,
         },
     }
-    summary = train_teacher(data, out, config, force=force)
+    summary = train_teacher(data, out, config, force=force, threshold=threshold,
+                            max_drugs=max_drugs)
     table = Table(title=f"teacher {out}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
     for key, value in summary["train"].items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    table.add_row("threshold", f"{summary['rule']['threshold']:g} "
+                  f"({summary['rule']['threshold_rule']})")
     for split in ("val", "test"):
         for key, value in summary.get(split, {}).items():
             if key in ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds"):

@@ -32,56 +32,96 @@ from torch import nn
 
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
+from leader.errors import LeaderError
 from leader.models.base import MedModel, register
 
 TRAIN_LOG = "train_log.jsonl"
-BUCKET = 128  # sets per transformer call in large batches (sorted by size: less padding)
+KINDS = ("diagnoses", "procedures", "drugs")
 DEFAULTS: dict[str, Any] = {
+    "preset": "leader",  # "leader" (this default) or "reference" (the paper's code, see PRESETS)
     "dim": 64,  # code / visit embedding size d
     "hidden": 128,  # the MLP's hidden layer: the feature distillation aligns
+    "set_encoder": "transformer",  # per-visit code sets: "transformer" (reference) or "mean"
     "set_layers": 1,
     "visit_layers": 1,
     "heads": 4,
-    "ff": 128,  # transformer feed-forward width
-    "dropout": 0.1,
+    "ff": 300,  # transformer feed-forward width
+    "dropout": 0.4,  # transformer blocks and the MLP
+    "attention_dropout": 0.1,  # on the attention weights
+    "norm_first": True,  # pre-norm blocks (the reference); False: torch's post-norm block
+    "activation": "gelu",  # of the transformer blocks: "gelu" (reference) or "relu"
+    "shared_visit_encoder": True,  # one visit-level transformer for the three streams
+    "visit_positions": False,  # learned positions counting back from the current visit
+    "feature_before_activation": True,  # the distilled feature: the MLP's pre-activation value
+    "wide": True,  # a direct linear path: current codes, previous drugs, profile -> logits
+    "frequency_bias": True,  # output bias started at each drug's training log-odds
+    "align_temperature": 1.0,  # profile-alignment InfoNCE temperature
+    "align_projection": 64,  # a d->64 projection each side before InfoNCE; 0: none
+    "align_sum": True,  # sum the two InfoNCE directions (reference); False: their mean
     "max_visits": 10,  # K: the last K visits, always including the current one
     "max_codes": 64,  # per set
     "use_profile": True,  # False: first visits get a learned "no record" vector
 }
+# What each preset changes from DEFAULTS; explicit config keys win over the preset.
+PRESETS: dict[str, dict[str, Any]] = {
+    "leader": {},
+    "reference": {"wide": False, "frequency_bias": False},
+}
 
 
-def _encoder(d: int, heads: int, ff: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(d, heads, ff, dropout, batch_first=True)
+def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """DEFAULTS, then the preset's changes, then the given keys; unknown presets are refused."""
+    given = dict(config or {})
+    preset = given.get("preset", DEFAULTS["preset"])
+    if preset not in PRESETS:
+        raise LeaderError(f"student preset {preset!r}: expected one of {', '.join(PRESETS)}")
+    return {**DEFAULTS, **PRESETS[preset], **given}
+
+
+def _encoder(
+    d: int, heads: int, ff: int, layers: int, dropout: float, attention_dropout: float,
+    norm_first: bool, activation: str,
+) -> nn.TransformerEncoder:
+    if activation not in ("gelu", "relu"):
+        raise LeaderError(f"student activation {activation!r}: expected gelu or relu")
+    layer = nn.TransformerEncoderLayer(
+        d, heads, ff, dropout, activation=activation, batch_first=True, norm_first=norm_first
+    )
+    layer.self_attn.dropout = attention_dropout  # torch's block has one rate; the reference two
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 class SetEncoder(nn.Module):
-    """Code ids [..., L] (0 = padding) → one vector per set [..., d]; empty sets give zeros."""
+    """Code ids [..., L] (0 = padding) → one vector per set [..., d]; empty sets give zeros.
 
-    def __init__(self, vocab_size: int, d: int, heads: int, ff: int, layers: int, dropout: float):
+    All non-empty sets of a batch go through the transformer in ONE call (padding columns that
+    no set uses are trimmed): many small calls cost more in overhead than the padding they save.
+    """
+
+    def __init__(self, vocab_size: int, d: int, layers: int, kind: str, **block: Any):
         super().__init__()
+        if kind not in ("transformer", "mean"):
+            raise LeaderError(f"student set_encoder {kind!r}: expected transformer or mean")
         self.dim = d
         self.embed = nn.Embedding(vocab_size, d, padding_idx=0)
-        self.encoder = _encoder(d, heads, ff, layers, dropout)
+        # "mean": the codes' embeddings averaged, no interaction between codes (cheaper)
+        self.encoder = _encoder(d, layers=layers, **block) if kind == "transformer" else None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lead = ids.shape[:-1]
         flat = ids.reshape(-1, ids.shape[-1])
         present = flat > 0
-        nonempty = present.any(-1)
+        sizes = present.sum(-1)
+        rows = (sizes > 0).nonzero().squeeze(-1)
         out = torch.zeros(flat.shape[0], self.dim, device=ids.device, dtype=self.embed.weight.dtype)
-        rows = nonempty.nonzero().squeeze(-1)
-        size = len(rows)
-        if size > 2 * BUCKET:  # a large batch: sort by set size so that little is padding
-            rows, size = rows[torch.argsort(present[rows].sum(-1), stable=True)], BUCKET
-        for start in range(0, len(rows), max(size, 1)):
-            chunk = rows[start : start + size]
-            x, m = flat[chunk], present[chunk]
-            width = int(m.any(0).nonzero().max()) + 1  # trim columns that are padding for all
-            x, m = x[:, :width], m[:, :width]
-            h = self.encoder(self.embed(x), src_key_padding_mask=~m)
+        if len(rows):
+            width = int(sizes.max())  # sets are left-packed by the collate
+            x, m = flat[rows, :width], present[rows, :width]
+            h = self.embed(x)
+            if self.encoder is not None:
+                h = self.encoder(h, src_key_padding_mask=~m)
             w = m.unsqueeze(-1).to(h.dtype)
-            out[chunk] = (h * w).sum(1) / w.sum(1)
+            out = out.index_copy(0, rows, (h * w).sum(1) / w.sum(1))
         return out.view(*lead, self.dim)
 
 
@@ -101,15 +141,46 @@ class ProfileEncoder(nn.Module):
 class VisitEncoder(nn.Module):
     """Visit vectors [B, V, d] (right-aligned, mask [B, V]) → one patient vector [B, d]."""
 
-    def __init__(self, max_visits: int, d: int, heads: int, ff: int, layers: int, dropout: float):
+    def __init__(self, max_visits: int, d: int, layers: int, positions: bool, **block: Any):
         super().__init__()
-        self.position = nn.Embedding(max_visits, d)  # index V-1 = the current visit
-        self.encoder = _encoder(d, heads, ff, layers, dropout)
+        # index V-1 = the current visit; the reference has no positions (a bag of visits)
+        self.position = nn.Embedding(max_visits, d) if positions else None
+        self.encoder = _encoder(d, layers=layers, **block)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x + self.position.weight[-x.shape[1] :], src_key_padding_mask=~mask)
+        if self.position is not None:
+            x = x + self.position.weight[-x.shape[1] :]
+        h = self.encoder(x, src_key_padding_mask=~mask)
         w = mask.unsqueeze(-1).to(h.dtype)
         return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class WidePath(nn.Module):
+    """Logits straight from the current visit's codes, the previous drugs and the profile.
+
+    The logistic-regression features (which beat the deep path alone on additive prescribing
+    rules) summed as per-code logit vectors; starts at zero, so training begins at the bias.
+    """
+
+    def __init__(self, sizes: dict[str, int], profile_sizes: Sequence[int], n_drugs: int):
+        super().__init__()
+        self.codes = nn.ModuleDict(
+            {k: nn.EmbeddingBag(sizes[k], n_drugs, mode="sum", padding_idx=0) for k in KINDS}
+        )
+        self.fields = nn.ModuleList(nn.Embedding(n, n_drugs) for n in profile_sizes)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, batch: CodeBatch) -> torch.Tensor:
+        current = {
+            "diagnoses": batch.diagnoses[:, -1],
+            "procedures": batch.procedures[:, -1],
+            "drugs": batch.prev_drugs[:, -1],
+        }
+        out = sum(self.codes[k](ids) for k, ids in current.items())
+        for i, emb in enumerate(self.fields):
+            out = out + emb(batch.profile[:, i])
+        return out
 
 
 class StudentModule(nn.Module):
@@ -123,18 +194,30 @@ class StudentModule(nn.Module):
         set_layers: int = 1,
         visit_layers: int = 1,
         heads: int = 4,
-        ff: int = 128,
-        dropout: float = 0.1,
+        ff: int = 300,
+        set_encoder: str = "transformer",
+        dropout: float = 0.4,
+        attention_dropout: float = 0.1,
+        norm_first: bool = True,
+        activation: str = "gelu",
+        shared_visit_encoder: bool = True,
+        visit_positions: bool = False,
+        feature_before_activation: bool = True,
+        wide: bool = False,
         max_visits: int = 10,
         use_profile: bool = True,
         **_: Any,
     ):
         super().__init__()
         self.n_drugs = n_drugs
+        block = dict(
+            d=dim, heads=heads, ff=ff, dropout=dropout, attention_dropout=attention_dropout,
+            norm_first=bool(norm_first), activation=activation,
+        )
         self.sets = nn.ModuleDict(
             {
-                kind: SetEncoder(sizes[kind], dim, heads, ff, set_layers, dropout)
-                for kind in ("diagnoses", "procedures", "drugs")
+                kind: SetEncoder(sizes[kind], layers=set_layers, kind=set_encoder, **block)
+                for kind in KINDS
             }
         )
         self.use_profile = bool(use_profile) and len(profile_sizes) > 0
@@ -142,14 +225,18 @@ class StudentModule(nn.Module):
             self.profile = ProfileEncoder(profile_sizes, dim)
         else:
             self.no_record = nn.Parameter(torch.randn(dim) * 0.02)
+        streams = ("shared",) if shared_visit_encoder else KINDS
         self.visits = nn.ModuleDict(
             {
-                kind: VisitEncoder(max_visits, dim, heads, ff, visit_layers, dropout)
-                for kind in ("diagnoses", "procedures", "drugs")
+                s: VisitEncoder(max_visits, layers=visit_layers, positions=visit_positions, **block)
+                for s in streams
             }
         )
-        self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.to_hidden = nn.Linear(3 * dim, hidden)
+        self.after = nn.Sequential(nn.ReLU(), nn.Dropout(dropout))
+        self.feature_before_activation = bool(feature_before_activation)
         self.head = nn.Linear(hidden, n_drugs)
+        self.wide = WidePath(sizes, profile_sizes, n_drugs) if wide else None
 
     def profile_vector(self, profile: torch.Tensor) -> torch.Tensor:
         """The pseudo drug record of a first visit, [B, d]."""
@@ -170,8 +257,15 @@ class StudentModule(nn.Module):
         packed = torch.where(present, ids, torch.zeros_like(ids)).gather(-1, order)
         return self.sets["drugs"](packed)
 
+    def encode_visits(self, streams: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The three visit streams [B, V, d] → [B, 3d]; a shared encoder runs them in one call."""
+        if "shared" in self.visits:
+            out = self.visits["shared"](torch.cat(streams), mask.repeat(len(streams), 1))
+            return torch.cat(out.chunk(len(streams)), dim=-1)
+        return torch.cat([self.visits[k](x, mask) for k, x in zip(KINDS, streams, strict=True)], -1)
+
     def forward(self, batch: CodeBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits [B, |drugs|], the 128-d feature [B, hidden], the profile vector [B, d]."""
+        """Logits [B, |drugs|], the distilled feature [B, hidden], the profile vector [B, d]."""
         keep = batch.visit_mask.any(0)  # drop visit columns that are padding for everyone
         first_col = int(keep.nonzero()[0]) if bool(keep.any()) else batch.visit_mask.shape[1] - 1
         mask = batch.visit_mask[:, first_col:]
@@ -181,16 +275,13 @@ class StudentModule(nn.Module):
         md = self.sets["drugs"](batch.prev_drugs[:, first_col:])
         first = batch.first_visit[:, first_col:].unsqueeze(-1)
         md = torch.where(first, profile.unsqueeze(1).to(md.dtype), md)
-        patient = torch.cat(
-            [
-                self.visits["diagnoses"](dx, mask),
-                self.visits["procedures"](px, mask),
-                self.visits["drugs"](md, mask),
-            ],
-            dim=-1,
-        )
-        feature = self.mlp(patient)
-        return self.head(feature), feature, profile
+        patient = self.encode_visits([dx, px, md], mask)
+        pre = self.to_hidden(patient)
+        post = self.after(pre)
+        logits = self.head(post)
+        if self.wide is not None:
+            logits = logits + self.wide(batch)
+        return logits, (pre if self.feature_before_activation else post), profile
 
 
 @register
@@ -200,7 +291,7 @@ class Student(MedModel):
     name = "student"
 
     def __init__(self, schema: Schema, config: dict[str, Any] | None = None):
-        super().__init__(schema, {**DEFAULTS, **(config or {})})
+        super().__init__(schema, resolve_config(config))
         self.module: StudentModule | None = None
         self.train_log: Path | None = None  # copied into the bundle by ``save`` when set
 

@@ -335,6 +335,8 @@ def train_teacher(
     force: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    threshold: float | None = None,
+    max_drugs: int | None = None,
 ) -> dict[str, Any]:
     """Train a teacher on DATA_DIR and write TEACHER_DIR (a model bundle); resume if killed.
 
@@ -342,11 +344,12 @@ def train_teacher(
     checkpoint from other options is refused unless ``force`` (which starts again).
     """
     from leader.bundle import save_bundle
-    from leader.evaluation import split_metrics
+    from leader.evaluation import check_threshold, decide_threshold, split_metrics
 
     out = Path(out)
     check_can_write(out, force)
     data = Dataset.load(data_dir)
+    check_threshold(threshold, max_drugs)
     model = Teacher(data.schema, config)
     model.build()  # a bad --llm or --max-length fails here, before anything is written
     run_dir = run_dir_for(out)
@@ -355,8 +358,10 @@ def train_teacher(
     if is_main:
         prepare_run_dir(run_dir, identity, force)
     model.fit(data, run_dir, on_step=on_step, progress=progress)
-    metrics = split_metrics(model, data)
-    summary: dict[str, Any] = {"out": str(out), "train": model.result, **metrics}
+    probs = {s: model.predict_proba(data.samples(s)) for s in ("val", "test") if data.samples(s)}
+    rule = decide_threshold(model, data, threshold, max_drugs, val_probs=probs.get("val"))
+    metrics = split_metrics(model, data, rule["threshold"], max_drugs, probs=probs)
+    summary: dict[str, Any] = {"out": str(out), "train": model.result, "rule": rule, **metrics}
     if not is_main:
         return summary
     save_bundle(
@@ -365,6 +370,7 @@ def train_teacher(
         metrics=metrics,
         force=force,
         extra={"llm": model.config["llm"], "training": model.result},
+        rule=rule,
     )
     shutil.rmtree(run_dir, ignore_errors=True)
     return summary

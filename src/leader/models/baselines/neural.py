@@ -66,6 +66,7 @@ class NeuralBaseline(MedModel):
     def __init__(self, schema: Schema, config: dict[str, Any] | None = None):
         config = dict(config or {})
         self.progress = bool(config.pop("progress", True))  # display only, not a setting
+        self.on_eval = None  # called with (step, val PRAUC) after each validation (tuning)
         super().__init__(schema, {**COMMON_DEFAULTS, **self.defaults, **config})
 
     def encoder(self) -> CodeEncoder:
@@ -98,7 +99,10 @@ class NeuralBaseline(MedModel):
         config = TrainConfig(
             **{k: self.config[k] for k in TRAIN_KEYS}, progress=self.progress
         )
-        result = train(CodeTask(self), data.samples("train"), data.samples("val"), config, run_dir)
+        result = train(
+            CodeTask(self), data.samples("train"), data.samples("val"), config, run_dir,
+            on_eval=self.on_eval,
+        )
         self.train_result = result
         return self
 
