@@ -1,4 +1,4 @@
-"""`leader tune`: Optuna search on validation only, a config file that distill/train-baseline read."""
+"""`leader tune`: Optuna on validation only; a config file that distill and train-baseline read."""
 
 import json
 
