@@ -31,6 +31,8 @@ from leader.errors import LeaderError
 from leader.metrics import (
     CONVENTIONS,
     THRESHOLD_SEARCH,
+    interval,
+    per_round,
     per_visit,
     resample_indices,
     resampled,
@@ -185,7 +187,10 @@ def metrics_block(
     threshold: float,
     max_drugs: int | None = None,
 ) -> tuple[dict, dict]:
-    """Resampled metrics over all visits, and per group on the same draws."""
+    """Resampled metrics over all visits, and per group on the same draws.
+
+    Each block also keeps its per-round values (``rounds``), so that two models evaluated with
+    the same options can be compared round by round (:func:`paired_differences`)."""
     values = per_visit(y, probs, ddi, threshold, max_drugs)
     groups: dict[str, Any] = {"by_visits": {}}
     for key, mask in group_masks(samples).items():
@@ -195,7 +200,9 @@ def metrics_block(
         if key.startswith("by_visits/"):
             groups["by_visits"][key.split("/", 1)[1]] = block
         else:
+            block["rounds"] = per_round(values, sub) if sub else None
             groups[key] = block
+    groups["all"] = {"n_visits": len(samples), "rounds": per_round(values, draws)}
     return resampled(values, draws), groups
 
 
@@ -263,6 +270,40 @@ def evaluate(
             "same_cohort_as_model": bool(trained_on) and trained_on == data.data_hash,
         },
     }
+
+
+MIN_VISITS_TO_RANK = 200  # below this a test split rarely separates models (demo: 9 visits)
+PAIRED_GROUPS = ("all", "first_visit", "returning")
+
+
+def paired_differences(result: dict, reference: dict) -> dict[str, dict[str, dict]]:
+    """``result`` minus ``reference``, round by round on the same resamples, per group and
+    metric: mean difference and empirical 95% interval. Both must come from the same data,
+    split, rounds, frac and seed (then the draws are identical)."""
+    keys = ("split", "rounds", "frac", "seed", "sample_size")
+    a, b = result["protocol"], reference["protocol"]
+    if [a.get(k) for k in keys] != [b.get(k) for k in keys] or (
+        result["data"]["hash"] != reference["data"]["hash"]
+    ):
+        raise LeaderError("paired differences need two evaluations of the same data and draws")
+    out: dict[str, dict[str, dict]] = {}
+    for g in PAIRED_GROUPS:
+        ra, rb = result["groups"][g].get("rounds"), reference["groups"][g].get("rounds")
+        if not ra or not rb:
+            continue
+        out[g] = {m: interval(np.subtract(ra[m], rb[m])) for m in ra}
+    return out
+
+
+def ranking_warning(n_visits: int) -> str | None:
+    """A plain warning when the split is too small for a table to rank models."""
+    if n_visits >= MIN_VISITS_TO_RANK:
+        return None
+    return (
+        f"only {n_visits} visits in this split: too few to rank models (fewer than "
+        f"{MIN_VISITS_TO_RANK}); read the paired 95% intervals, and do not rank models whose "
+        "interval includes 0"
+    )
 
 
 def means(result: dict) -> dict[str, float]:

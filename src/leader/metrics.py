@@ -14,6 +14,8 @@ Conventions (stated with every result, tested with hand-computed values):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 METRICS = ("jaccard", "f1", "prauc", "ddi_rate", "avg_meds")
@@ -136,20 +138,27 @@ def resample_indices(
     return [rng.integers(0, n, size=size) for _ in range(rounds)]
 
 
+def per_round(values: dict[str, np.ndarray], draws: list[np.ndarray]) -> dict[str, list[float]]:
+    """Every metric on every resample: two models scored on the same draws pair round by round."""
+    rows = [summarize(values, idx) for idx in draws]
+    return {m: [r[m] for r in rows] for m in METRICS}
+
+
+def interval(a: np.ndarray | list[float]) -> dict[str, Any]:
+    """Mean, std (ddof 1) and empirical 95% interval of per-round values."""
+    a = np.asarray(a, dtype=np.float64)
+    return {
+        "mean": float(np.nanmean(a)),
+        "std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else 0.0,
+        "ci95": [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))],
+    }
+
+
 def resampled(
     values: dict[str, np.ndarray], draws: list[np.ndarray]
 ) -> dict[str, dict[str, float]]:
     """Mean, std and empirical 95% interval of every metric over the resamples."""
-    rows = [summarize(values, idx) for idx in draws]
-    out = {}
-    for m in METRICS:
-        a = np.array([r[m] for r in rows], dtype=np.float64)
-        out[m] = {
-            "mean": float(np.nanmean(a)),
-            "std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else 0.0,
-            "ci95": [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))],
-        }
-    return out
+    return {m: interval(a) for m, a in per_round(values, draws).items()}
 
 
 def search_threshold(

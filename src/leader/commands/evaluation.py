@@ -17,10 +17,10 @@ Rounds = Annotated[int, typer.Option(help="Resampling rounds.")]
 Frac = Annotated[float, typer.Option(help="Share of the split drawn per round (with replacement).")]
 Seed = Annotated[int, typer.Option(help="Seed of the resamples (same seed: same draws).")]
 Threshold = Annotated[float | None, typer.Option(
-    help="Probability at which a drug is recommended, for every model [default: 0.5].",
+    help="Fixed probability cut for every model [default: each bundle's own rule].",
     show_default=False)]
 Tune = Annotated[bool, typer.Option(
-    "--tune-threshold", help="Tune the threshold on the val split (best mean Jaccard).")]
+    "--tune-threshold", help="Tune the threshold on the val split now (best mean F1).")]
 
 
 def _metric_table(result: dict) -> Table:
@@ -134,12 +134,18 @@ def compare_cmd(
     seed: Seed = 0,
     threshold: Threshold = None,
     tune_threshold: Tune = False,
+    reference: Annotated[str | None, typer.Option(
+        help="Model (directory name) the others are compared with, round by round.",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing REPORT_DIR.")] = False,
 ) -> None:
-    """Evaluate several models on the same resamples; write tables, figures and report.html."""
+    """Evaluate several models on the same resamples; write tables, figures and report.html.
+
+    Without --threshold / --tune-threshold each model uses its bundle's rule (tuned on
+    validation when it was trained)."""
     from rich.progress import Progress
 
-    from leader.report import compare
+    from leader.report import compare, paired_markdown
     from leader.report import markdown as md
 
     with Progress(transient=True) as progress:
@@ -149,6 +155,11 @@ def compare_cmd(
             progress.update(task, description=f"evaluating {label}", advance=0)
 
         table = compare(data, models, out, rounds, frac, seed, threshold, tune_threshold, split,
-                        force, on_model=lambda label: (step(label), progress.advance(task)))
+                        force, on_model=lambda label: (step(label), progress.advance(task)),
+                        reference=reference)
     typer.echo(md(table["rows"], table["protocol_line"]))  # plain: Markdown must not wrap
+    if table["paired"]:
+        typer.echo(paired_markdown(table["paired"], reference))
+    for warning in table["warnings"]:
+        typer.echo(f"warning: {warning}")
     console.print(f"wrote {out}/report.html")
