@@ -4,8 +4,10 @@
 
 For each cohort: prepare → train every baseline (+ the student with --alpha 0 when
 `leader distill` exists, + oracle on synthetic data) → `leader compare` (10 resamples of 80%
-with replacement, seed 0, threshold 0.5). Prints each table.md; paste into
-benchmarks/results/compare.md with the command line.
+with replacement, seed 0), once with each bundle's own threshold rule (tuned on validation when
+trained) and paired differences against --reference, once at the fixed threshold 0.5.
+``--variants`` adds student ablation rows (see docs/student.md). Prints each table.md; paste
+into benchmarks/results/compare.md with the command line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from pathlib import Path
 
 LEADER = str(Path(sys.executable).parent / "leader")
 NEURAL = ("retain", "gamenet", "safedrug")
+# student ablation rows: name -> extra `leader distill` options
+VARIANTS = {
+    "reference": ("--preset", "reference"),
+    "no-wide": ("--no-wide",),
+    "no-frequency-bias": ("--no-frequency-bias",),
+}
 
 
 def run(*args: str) -> None:
@@ -25,7 +33,8 @@ def run(*args: str) -> None:
     subprocess.run([LEADER, *args], check=True)
 
 
-def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool) -> list[Path]:
+def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
+           student_lr: float = 3e-3, variants: tuple[str, ...] = ()) -> list[Path]:
     dirs = []
     for name in ("popular", "repeat-last", "logreg", *NEURAL):
         extra = ["--epochs", str(epochs), "--lr", str(lr)] if name in NEURAL else []
@@ -34,12 +43,17 @@ def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool) -> li
             *extra)
         print(f"{name}: trained in {time.perf_counter() - started:.0f} s", flush=True)
         dirs.append(models / name)
-    try:
-        run("distill", "--data", str(data), "--out", str(models / "student-no-distill"),
-            "--alpha", "0", "--beta", "0", "--epochs", str(epochs), "--force")
-        dirs.append(models / "student-no-distill")
-    except subprocess.CalledProcessError:
-        print("student not available: left out", flush=True)
+    for variant in ("", *variants):
+        name = "student-no-distill" + (f"-{variant}" if variant else "")
+        try:
+            started = time.perf_counter()
+            run("distill", "--data", str(data), "--out", str(models / name), "--alpha", "0",
+                "--beta", "0", "--epochs", str(epochs), "--lr", str(student_lr), "--force",
+                *VARIANTS.get(variant, ()))
+            print(f"{name}: trained in {time.perf_counter() - started:.0f} s", flush=True)
+            dirs.append(models / name)
+        except subprocess.CalledProcessError:
+            print(f"{name} not available: left out", flush=True)
     if oracle:
         run("train-baseline", "oracle", "--data", str(data), "--out", str(models / "oracle"),
             "--force")
@@ -54,12 +68,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--only", choices=("demo", "synth"), default=None)
+    ap.add_argument("--student-lr", type=float, default=3e-3)
+    ap.add_argument("--variants", nargs="*", choices=tuple(VARIANTS), default=[])
+    ap.add_argument("--reference", default="logreg", help="model of the paired differences")
     args = ap.parse_args()
     w = args.work
     if args.only in (None, "demo"):
         run("prepare", "--source", "mimic3", "--root", "demo", "--out", str(w / "demo/data"),
             "--force")
-        dirs = cohort(w / "demo/data", w / "demo/models", args.epochs, args.lr, oracle=False)
+        dirs = cohort(w / "demo/data", w / "demo/models", args.epochs, args.lr, oracle=False,
+                      student_lr=args.student_lr)
         run("compare", "--data", str(w / "demo/data"), *map(str, dirs), "--out",
             str(w / "demo/report"), "--force")
     if args.only in (None, "synth"):
@@ -67,9 +85,12 @@ def main() -> None:
             str(w / "synth/raw"), "--seed", "0", "--force")
         run("prepare", "--source", "mimic3", "--root", str(w / "synth/raw"), "--out",
             str(w / "synth/data"), "--force")
-        dirs = cohort(w / "synth/data", w / "synth/models", args.epochs, args.lr, oracle=True)
+        dirs = cohort(w / "synth/data", w / "synth/models", args.epochs, args.lr, oracle=True,
+                      student_lr=args.student_lr, variants=tuple(args.variants))
         run("compare", "--data", str(w / "synth/data"), *map(str, dirs), "--out",
-            str(w / "synth/report"), "--force")
+            str(w / "synth/report"), "--force", "--reference", args.reference)
+        run("compare", "--data", str(w / "synth/data"), *map(str, dirs), "--out",
+            str(w / "synth/report-fixed-0.5"), "--force", "--threshold", "0.5")
 
 
 if __name__ == "__main__":
