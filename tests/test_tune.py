@@ -76,3 +76,18 @@ def test_distill_and_train_baseline_take_the_tuned_config(tiny_data_dir, tmp_pat
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["config"]["dim"] == 32 and manifest["threshold"] == 0.5
     assert manifest["threshold_rule"] == "fixed 0.5"
+
+
+@pytest.mark.slow
+def test_tune_command_writes_the_config(tiny_data_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    import leader.cli
+
+    leader.cli._register()
+    out = tmp_path / "retain.json"
+    r = CliRunner().invoke(leader.cli.app, ["tune", "retain", "--data", str(tiny_data_dir),
+                                            "--budget", "0.5", "--trials", "1", "--epochs", "1",
+                                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "best validation PRAUC" in r.output and json.loads(out.read_text())["trials"] == 1

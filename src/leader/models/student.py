@@ -4,19 +4,23 @@ Read top to bottom:
 
 1. Each code type (diagnoses, procedures, drugs) has its OWN embedding table (the reference code
    shares one table, so codes of different types collide).
-2. Per visit, a set encoder (a small transformer, no positions: a set has no order) turns each
-   code set into one vector by masked mean pooling. Empty sets (a visit without procedures,
-   padding visits) never enter the transformer: their vector is zero, so no NaNs.
+2. Per visit, a set encoder (a small transformer, no positions: a set has no order; or the plain
+   mean of the embeddings) turns each code set into one vector by masked mean pooling. Empty
+   sets (a visit without procedures, padding visits) never enter the transformer: their vector
+   is zero, so no NaNs.
 3. The drug stream is shifted by one visit (the collate does that): visit t sees the drugs of
    visit t-1. The patient's first visit has no earlier drugs, so the PROFILE vector (one
    embedding per profile field, concatenated, then linear) stands in for them. This is what lets
    a first-visit patient get a real, profile-dependent prediction.
-4. A visit-level transformer per stream over the last K visits (right-aligned, the current
-   visit is always last; learned position embeddings count back from the current visit), masked
-   mean over visits, concatenation (3·d), MLP 3d → 128 → |drugs|, sigmoid.
+4. A visit-level transformer over the last K visits (right-aligned, the current visit is always
+   last), masked mean over visits, concatenation (3·d), MLP 3d → 128 → |drugs|. The reference
+   shares one visit transformer between the three streams and gives it no positions.
+5. The default preset adds a wide path (logistic-regression features straight to the logits)
+   and starts the output bias at the training log-odds; ``preset="reference"`` is the paper's
+   code (see PRESETS and docs/student.md).
 
-The 128-d hidden layer of the MLP is the "student feature" that distillation pulls towards the
-teacher's hidden state (see :mod:`leader.distill`).
+The MLP's 128-d hidden value before its activation is the "student feature" that distillation
+pulls towards the teacher's hidden state (see :mod:`leader.distill`).
 """
 
 from __future__ import annotations
