@@ -25,10 +25,19 @@ VARIANTS = {
     "reference": ("--preset", "reference"),
     "no-wide": ("--no-wide",),
     "no-frequency-bias": ("--no-frequency-bias",),
+    "transformer-sets": ("--set-encoder", "transformer"),
 }
 
 
+REUSE = False  # --reuse: keep a model directory that a previous run finished
+
+
 def run(*args: str) -> None:
+    if REUSE and "--out" in args and args[0] in ("train-baseline", "distill"):
+        out = Path(args[args.index("--out") + 1])
+        if (out / "manifest.json").is_file():
+            print(f"reusing {out}", flush=True)
+            return
     print("$ leader " + " ".join(args), flush=True)
     subprocess.run([LEADER, *args], check=True)
 
@@ -71,7 +80,11 @@ def main() -> None:
     ap.add_argument("--student-lr", type=float, default=3e-3)
     ap.add_argument("--variants", nargs="*", choices=tuple(VARIANTS), default=[])
     ap.add_argument("--reference", default="logreg", help="model of the paired differences")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep models a previous run with the same options finished")
     args = ap.parse_args()
+    global REUSE
+    REUSE = args.reuse
     w = args.work
     if args.only in (None, "demo"):
         run("prepare", "--source", "mimic3", "--root", "demo", "--out", str(w / "demo/data"),

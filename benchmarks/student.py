@@ -122,6 +122,9 @@ def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
                 torch.optim.AdamW(student.module.parameters(), 5e-4, fused=True),
                 default_threads()),
     }
+    # today's student with the other thread count: what the thread default is worth here
+    other = 2 if default_threads() == 1 else 1
+    setups[f"new_{other}_threads"] = (*setups["new"][:2], other)
     best = {k: 0.0 for k in setups}
     for _ in range(rounds):
         for name, (module, opt, threads) in setups.items():
@@ -142,6 +145,7 @@ def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
         "old_samples_per_s": best["old"],
         "new_samples_per_s": best["new"],
         "ratio_new_over_old": best["new"] / best["old"],
+        f"new_{other}_threads_samples_per_s": best[f"new_{other}_threads"],
         "steps_per_round": len(samples),
         "rounds": rounds,
     }

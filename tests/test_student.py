@@ -213,7 +213,7 @@ def test_presets_differ_only_where_documented(tiny_data):
     default = resolve_config(None)
     assert default == DEFAULTS and default["preset"] == "leader"
     changed = {k for k in ref if ref[k] != default[k]} - {"preset"}
-    assert changed == set(PRESETS["reference"]) == {"wide", "frequency_bias"}
+    assert changed == set(PRESETS["reference"]) == {"wide", "frequency_bias", "set_encoder"}
     # the reference student itself: pre-norm GELU, ff 300, dropout 0.4 / 0.1, one shared visit
     # encoder without positions, feature before activation, InfoNCE tau 1, 64-d projections, sum
     assert (ref["norm_first"], ref["activation"], ref["ff"]) == (True, "gelu", 300)
@@ -268,7 +268,7 @@ def test_wide_path_and_frequency_bias(tiny_data):
         by_hand = by_hand + wide.codes["drugs"].weight[batch.prev_drugs[0, -1]].sum(0)
         for i, emb in enumerate(wide.fields):
             by_hand = by_hand + emb.weight[batch.profile[0, i]]
-    torch.testing.assert_close(direct[0], by_hand)
+    torch.testing.assert_close(direct[0], by_hand * wide.scale)
     none = make_student(tiny_data, wide=False, frequency_bias=False)
     fit(none, tiny_data, DistillOptions(alpha=0, beta=0, max_steps=1, lr=1e-9, progress=False))
     assert none.module.wide is None

@@ -51,18 +51,20 @@ class TrainConfig:
     eval_every: int | None = None  # optimiser steps; None = at the end of every epoch
     patience: int = 10  # evaluations without a better validation PRAUC before stopping
     seed: int = 42
-    threads: int | None = None  # torch intra-op threads; None: default_threads()
+    threads: int | None = None  # torch intra-op threads; None: leave torch's setting
     max_grad_norm: float | None = 1.0
     log_every: int = 10
     progress: bool = True
 
 
 def default_threads() -> int:
-    """One torch thread unless ``OMP_NUM_THREADS`` says otherwise.
+    """One torch thread unless ``OMP_NUM_THREADS`` says otherwise (student and baselines; the
+    LLM teacher keeps torch's own default).
 
-    The student's and the baselines' operations are small: a second intra-op thread gains
-    ~1.3x on an idle 2-core machine but loses 5-8x when other jobs share the cores (threads
-    spin waiting for each other), so the safe default is one (benchmarks/student.py).
+    The student's and the baselines' operations are small, and when other jobs share the cores
+    two intra-op threads spin waiting for each other: on the shared 2-core machine (load ~5) a
+    student step ran at 12 samples/s with 2 threads against 187 with 1 (a 15x loss), see
+    benchmarks/results/student.md.
     """
     import os
 
@@ -278,7 +280,8 @@ def train(
         accelerator.is_main_process,
     )
     set_seed(config.seed)
-    torch.set_num_threads(config.threads or default_threads())
+    if config.threads:
+        torch.set_num_threads(config.threads)
     module = task.module.to(accelerator.device)
     params = [p for p in module.parameters() if p.requires_grad]
     # fused: one kernel for all parameters instead of ~10 ops per tensor (2.4x faster student

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "preset": "leader",  # "leader" (this default) or "reference" (the paper's code, see PRESETS)
     "dim": 64,  # code / visit embedding size d
     "hidden": 128,  # the MLP's hidden layer: the feature distillation aligns
-    "set_encoder": "transformer",  # per-visit code sets: "transformer" (reference) or "mean"
+    "set_encoder": "mean",  # per-visit code sets: "transformer" (reference) or "mean"
     "set_layers": 1,
     "visit_layers": 1,
     "heads": 4,
@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "visit_positions": False,  # learned positions counting back from the current visit
     "feature_before_activation": True,  # the distilled feature: the MLP's pre-activation value
     "wide": True,  # a direct linear path: current codes, previous drugs, profile -> logits
+    "wide_dropout": 0.0,  # drop each input code of the wide path in training (an adaptive L2)
+    "wide_scale": 4.0,  # wide logits = scale x weights: Adam then moves them scale x faster
+    "wide_l2": 1e-3,  # L2 on the wide path's logit weights, per drug (logreg C=1: 1/(2 N_train))
     "frequency_bias": True,  # output bias started at each drug's training log-odds
     "align_temperature": 1.0,  # profile-alignment InfoNCE temperature
     "align_projection": 64,  # a d->64 projection each side before InfoNCE; 0: none
@@ -69,7 +72,7 @@ DEFAULTS: dict[str, Any] = {
 # What each preset changes from DEFAULTS; explicit config keys win over the preset.
 PRESETS: dict[str, dict[str, Any]] = {
     "leader": {},
-    "reference": {"wide": False, "frequency_bias": False},
+    "reference": {"wide": False, "frequency_bias": False, "set_encoder": "transformer"},
 }
 
 
@@ -166,8 +169,16 @@ class WidePath(nn.Module):
     rules) summed as per-code logit vectors; starts at zero, so training begins at the bias.
     """
 
-    def __init__(self, sizes: dict[str, int], profile_sizes: Sequence[int], n_drugs: int):
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        profile_sizes: Sequence[int],
+        n_drugs: int,
+        dropout: float = 0.0,
+        scale: float = 1.0,
+    ):
         super().__init__()
+        self.dropout, self.scale = dropout, scale
         self.codes = nn.ModuleDict(
             {k: nn.EmbeddingBag(sizes[k], n_drugs, mode="sum", padding_idx=0) for k in KINDS}
         )
@@ -181,10 +192,23 @@ class WidePath(nn.Module):
             "procedures": batch.procedures[:, -1],
             "drugs": batch.prev_drugs[:, -1],
         }
-        out = sum(self.codes[k](ids) for k, ids in current.items())
+        out = sum(self.codes[k](ids, per_sample_weights=self._keep(ids)) for k, ids in
+                  current.items())
         for i, emb in enumerate(self.fields):
             out = out + emb(batch.profile[:, i])
-        return out
+        return out * self.scale
+
+    def penalty(self) -> torch.Tensor:
+        """Sum of squared effective weights over drugs, averaged per drug (as BCE averages)."""
+        total = sum((p * self.scale).pow(2).sum() for p in self.parameters())
+        return total / self.codes["drugs"].weight.shape[1]
+
+    def _keep(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Input-code dropout weights (1/(1-p) for kept codes), or None outside training."""
+        if not self.training or self.dropout <= 0:
+            return None
+        keep = torch.rand(ids.shape, device=ids.device) >= self.dropout
+        return keep.to(self.codes["drugs"].weight.dtype) / (1 - self.dropout)
 
 
 class StudentModule(nn.Module):
@@ -208,6 +232,8 @@ class StudentModule(nn.Module):
         visit_positions: bool = False,
         feature_before_activation: bool = True,
         wide: bool = False,
+        wide_dropout: float = 0.0,
+        wide_scale: float = 1.0,
         max_visits: int = 10,
         use_profile: bool = True,
         **_: Any,
@@ -240,7 +266,9 @@ class StudentModule(nn.Module):
         self.after = nn.Sequential(nn.ReLU(), nn.Dropout(dropout))
         self.feature_before_activation = bool(feature_before_activation)
         self.head = nn.Linear(hidden, n_drugs)
-        self.wide = WidePath(sizes, profile_sizes, n_drugs) if wide else None
+        self.wide = (
+            WidePath(sizes, profile_sizes, n_drugs, wide_dropout, wide_scale) if wide else None
+        )
 
     def profile_vector(self, profile: torch.Tensor) -> torch.Tensor:
         """The pseudo drug record of a first visit, [B, d]."""

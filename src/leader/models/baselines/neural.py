@@ -21,7 +21,7 @@ from torch import nn
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
 from leader.models.base import MedModel
-from leader.train import TrainConfig, predict_in_batches, train
+from leader.train import TrainConfig, default_threads, predict_in_batches, train
 
 TRAIN_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "patience", "seed", "max_steps")
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -97,7 +97,8 @@ class NeuralBaseline(MedModel):
         self.build()
         self.prepare(data)
         config = TrainConfig(
-            **{k: self.config[k] for k in TRAIN_KEYS}, progress=self.progress
+            **{k: self.config[k] for k in TRAIN_KEYS}, progress=self.progress,
+            threads=default_threads(),
         )
         result = train(
             CodeTask(self), data.samples("train"), data.samples("val"), config, run_dir,
