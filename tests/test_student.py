@@ -273,3 +273,13 @@ def test_wide_path_and_frequency_bias(tiny_data):
     fit(none, tiny_data, DistillOptions(alpha=0, beta=0, max_steps=1, lr=1e-9, progress=False))
     assert none.module.wide is None
     assert not torch.allclose(none.module.head.bias, student.module.head.bias)
+
+
+def test_a_bundle_from_before_the_presets_is_refused_clearly(tiny_data, tmp_path):
+    student = make_student(tiny_data)
+    out = bundle.save_bundle(student, tmp_path / "s")
+    cfg = json.loads((out / "model.json").read_text())
+    del cfg["config"]["preset"]
+    (out / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(LeaderError, match="older leader"):
+        bundle.load(out, verify=False)

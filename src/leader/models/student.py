@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from leader.artifacts import read_json
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
 from leader.errors import LeaderError
-from leader.models.base import MedModel, register
+from leader.models.base import MODEL_CONFIG, MedModel, register
 
 TRAIN_LOG = "train_log.jsonl"
 KINDS = ("diagnoses", "procedures", "drugs")
@@ -357,6 +358,16 @@ class Student(MedModel):
 
         fit(self, data, DistillOptions(**options), teacher=teacher, run_dir=run_dir)
         return self
+
+    @classmethod
+    def load(cls, directory: Path, schema: Schema) -> MedModel:
+        """Refuse, clearly, a bundle saved before presets existed (other layers and names)."""
+        if "preset" not in read_json(directory / MODEL_CONFIG).get("config", {}):
+            raise LeaderError(
+                f"{directory}: a student bundle from an older leader (no 'preset' in its "
+                "config); train it again with `leader distill`"
+            )
+        return super().load(directory, schema)
 
     def save(self, directory: Path) -> None:
         super().save(directory)
