@@ -21,7 +21,8 @@ FAST = {"epochs": 3, "progress": False}
 def test_trains_on_tiny_data_and_serves(name, tiny_data, tiny_data_dir, tmp_path):
     out, metrics = train_baseline(name, tiny_data_dir, tmp_path / name,
                                   FAST if name in NEURAL else None)
-    assert set(metrics) == {"val", "test"} and 0 <= metrics["test"]["jaccard"] <= 1
+    assert set(metrics) == {"val", "test", "rule"} and 0 <= metrics["test"]["jaccard"] <= 1
+    assert "tuned on the val split" in metrics["rule"]["threshold_rule"]
     rec = load(out)
     assert rec.metrics["test"]["n_visits"] == len(tiny_data.samples("test"))
     samples = tiny_data.samples("test")

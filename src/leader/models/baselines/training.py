@@ -24,7 +24,8 @@ def train_baseline(
     run_dir: Path | None = None,
     max_drugs: int | None = None,
 ) -> tuple[Path, dict]:
-    """Train baseline ``name`` on DATA_DIR and save it to MODEL_DIR ``out``; return (out, metrics).
+    """Train baseline ``name`` on DATA_DIR and save it to MODEL_DIR ``out``; return (out, metrics)
+    where metrics holds ``val``, ``test`` and ``rule`` (the stored decision rule).
 
     ``overrides`` (epochs, lr, seed, ...) apply to the neural baselines; the others take none.
     ``threshold`` None: tuned on validation (:func:`leader.evaluation.decide_threshold`).
