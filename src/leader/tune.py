@@ -85,8 +85,8 @@ def _objective(
             trial.set_user_attr("config", config)
             trial.set_user_attr("options", options)
             model = Student(data.schema, config)
-            opts = DistillOptions(**{"alpha": 0.0, "beta": 0.0, **options}, epochs=epochs,
-                                  progress=False)
+            # without a teacher α is 0 and β the data source's default, as `distill` uses them
+            opts = DistillOptions(**{"alpha": 0.0, **options}, epochs=epochs, progress=False)
             result = fit(model, data, opts, features=features, on_eval=report(trial))
         else:
             from leader.models.base import model_class
