@@ -8,8 +8,10 @@ visits (only the profile and the current codes to go on) and returning visits.
 
 For each cohort: prepare → train every baseline (+ the student with --alpha 0 when
 `leader distill` exists, + oracle on synthetic data) → `leader compare` (10 resamples of 80%
-with replacement, seed 0, threshold 0.5). Prints each table.md; paste into
-benchmarks/results/compare.md with the command line.
+with replacement, seed 0), once with each bundle's own threshold rule (tuned on validation when
+trained) and paired differences against --reference, once at the fixed threshold 0.5.
+``--variants`` adds student ablation rows (see docs/student.md). Prints each table.md; paste
+into benchmarks/results/compare.md with the command line.
 """
 
 from __future__ import annotations
@@ -22,15 +24,31 @@ from pathlib import Path
 
 LEADER = str(Path(sys.executable).parent / "leader")
 NEURAL = ("retain", "gamenet", "safedrug")
+# student ablation rows: name -> extra `leader distill` options
+VARIANTS = {
+    "reference": ("--preset", "reference"),
+    "no-wide": ("--no-wide",),
+    "no-frequency-bias": ("--no-frequency-bias",),
+    "transformer-sets": ("--set-encoder", "transformer"),
+}
+
+
+REUSE = False  # --reuse: keep a model directory that a previous run finished
 
 
 def run(*args: str) -> None:
+    if REUSE and "--out" in args and args[0] in ("train-baseline", "distill"):
+        out = Path(args[args.index("--out") + 1])
+        if (out / "manifest.json").is_file():
+            print(f"reusing {out}", flush=True)
+            return
     print("$ leader " + " ".join(args), flush=True)
     subprocess.run([LEADER, *args], check=True)
 
 
 def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
-           neural: bool = True) -> list[Path]:
+           neural: bool = True, student_lr: float = 3e-3,
+           variants: tuple[str, ...] = ()) -> list[Path]:
     dirs = []
     for name in ("popular", "repeat-last", "logreg", *(NEURAL if neural else ())):
         extra = ["--epochs", str(epochs), "--lr", str(lr)] if name in NEURAL else []
@@ -39,12 +57,17 @@ def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
             *extra)
         print(f"{name}: trained in {time.perf_counter() - started:.0f} s", flush=True)
         dirs.append(models / name)
-    try:
-        run("distill", "--data", str(data), "--out", str(models / "student-no-distill"),
-            "--alpha", "0", "--beta", "0", "--epochs", str(epochs), "--force")
-        dirs.append(models / "student-no-distill")
-    except subprocess.CalledProcessError:
-        print("student not available: left out", flush=True)
+    for variant in ("", *variants):
+        name = "student-no-distill" + (f"-{variant}" if variant else "")
+        try:
+            started = time.perf_counter()
+            run("distill", "--data", str(data), "--out", str(models / name), "--alpha", "0",
+                "--beta", "0", "--epochs", str(epochs), "--lr", str(student_lr), "--force",
+                *VARIANTS.get(variant, ()))
+            print(f"{name}: trained in {time.perf_counter() - started:.0f} s", flush=True)
+            dirs.append(models / name)
+        except subprocess.CalledProcessError:
+            print(f"{name} not available: left out", flush=True)
     if oracle:
         run("train-baseline", "oracle", "--data", str(data), "--out", str(models / "oracle"),
             "--force")
@@ -61,12 +84,20 @@ def main() -> None:
     ap.add_argument("--only", choices=("demo", "synth"), default=None)
     ap.add_argument("--generator", choices=("additive", "clinical"), default="clinical")
     ap.add_argument("--no-neural", action="store_true", help="leave out " + ", ".join(NEURAL))
+    ap.add_argument("--student-lr", type=float, default=3e-3)
+    ap.add_argument("--variants", nargs="*", choices=tuple(VARIANTS), default=[])
+    ap.add_argument("--reference", default="logreg", help="model of the paired differences")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep models a previous run with the same options finished")
     args = ap.parse_args()
+    global REUSE
+    REUSE = args.reuse
     w = args.work
     if args.only in (None, "demo"):
         run("prepare", "--source", "mimic3", "--root", "demo", "--out", str(w / "demo/data"),
             "--force")
-        dirs = cohort(w / "demo/data", w / "demo/models", args.epochs, args.lr, oracle=False)
+        dirs = cohort(w / "demo/data", w / "demo/models", args.epochs, args.lr, oracle=False,
+                      student_lr=args.student_lr)
         run("compare", "--data", str(w / "demo/data"), *map(str, dirs), "--out",
             str(w / "demo/report"), "--force")
     if args.only in (None, "synth"):
@@ -76,9 +107,12 @@ def main() -> None:
         run("prepare", "--source", "mimic3", "--root", str(s / "raw"), "--out",
             str(s / "data"), "--force")
         dirs = cohort(s / "data", s / "models", args.epochs, args.lr, oracle=True,
-                      neural=not args.no_neural)
+                      neural=not args.no_neural, student_lr=args.student_lr,
+                      variants=tuple(args.variants))
         run("compare", "--data", str(s / "data"), *map(str, dirs), "--out",
-            str(s / "report"), "--force")
+            str(s / "report"), "--force", "--reference", args.reference)
+        run("compare", "--data", str(s / "data"), *map(str, dirs), "--out",
+            str(s / "report-fixed-0.5"), "--force", "--threshold", "0.5")
 
 
 if __name__ == "__main__":

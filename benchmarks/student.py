@@ -7,6 +7,12 @@ Usage::
 
 Measures, with ``torch.set_num_threads(--threads)``:
 
+- training samples/s of today's student against the student of ``--old`` (a git commit; the
+  old module is read with ``git show`` into a temporary directory), in the same run and
+  interleaved (old, new, old, new, ...) so that both see the same machine load: collate,
+  forward, BCE, backward and the optimiser step on batches of 32 training samples, each with
+  its own defaults (old: torch's default threads and plain AdamW; new: leader's thread default
+  and fused AdamW); ``--train-steps`` steps per round, the best round kept;
 - student parameters;
 - batched inference: ``predict_proba`` over every sample of DATA_DIR in batches of
   ``--batch-size``, collate included (visits = samples = target visits scored per second);
@@ -63,10 +69,93 @@ def as_patient(sample) -> dict:
     }
 
 
+OLD_COMMIT = "3b0177a"  # the student before the presets (issue 11)
+
+
+def old_student_module(commit: str):
+    """The StudentModule class of ``commit``, imported from a temporary copy of its file."""
+    import importlib.util
+    import subprocess
+
+    from leader.models import base
+
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(
+        ["git", "-C", str(root), "show", f"{commit}:src/leader/models/student.py"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp(prefix="old-student-")) / "old_student.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("old_student", path)
+    module = importlib.util.module_from_spec(spec)
+    registered = dict(base._REGISTRY)
+    spec.loader.exec_module(module)
+    base._REGISTRY.clear()
+    base._REGISTRY.update(registered)  # the old class must not replace today's "student"
+    return module
+
+
+def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
+    """Training samples/s, old and new student, interleaved rounds (best round of each)."""
+    import torch
+    import torch.nn.functional as F
+
+    from leader.models.base import start_from_frequencies
+    from leader.models.student import Student
+    from leader.train import default_threads
+
+    old = old_student_module(old_commit)
+    train = data.samples("train")
+    student = Student(data.schema)
+    enc = student.encoder
+    samples = [train[i : i + 32] for i in range(0, 32 * steps, 32)]
+    torch.manual_seed(0)
+    old_module = old.StudentModule(
+        enc.sizes(), enc.profile_sizes(), len(data.drugs), **old.DEFAULTS
+    )
+    student.build()
+    start_from_frequencies(student.module.head.bias, data)
+    setups = {
+        "old": (old_module, torch.optim.AdamW(old_module.parameters(), 5e-4),
+                torch.get_num_threads()),
+        "new": (student.module,
+                torch.optim.AdamW(student.module.parameters(), 5e-4, fused=True),
+                default_threads()),
+    }
+    # today's student with the other thread count: what the thread default is worth here
+    other = 2 if default_threads() == 1 else 1
+    setups[f"new_{other}_threads"] = (*setups["new"][:2], other)
+    best = {k: 0.0 for k in setups}
+    for _ in range(rounds):
+        for name, (module, opt, threads) in setups.items():
+            torch.set_num_threads(threads)
+            module.train()
+            t = time.perf_counter()
+            for batch_samples in samples:
+                batch = enc.collate(batch_samples)  # collate is part of every training step
+                loss = F.binary_cross_entropy_with_logits(module(batch)[0], batch.target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            best[name] = max(best[name], 32 * len(samples) / (time.perf_counter() - t))
+    return {
+        "old_commit": old_commit,
+        "old_threads": setups["old"][2],
+        "new_threads": setups["new"][2],
+        "old_samples_per_s": best["old"],
+        "new_samples_per_s": best["new"],
+        "ratio_new_over_old": best["new"] / best["old"],
+        f"new_{other}_threads_samples_per_s": best[f"new_{other}_threads"],
+        "steps_per_round": len(samples),
+        "rounds": rounds,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--threads", type=int, default=1)  # see the results: 2 contend when shared
+    # inference threads; see the results: 2 contend when the cores are shared
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3, help="passes over the data (best is kept)")
     ap.add_argument("--single", type=int, default=300, help="patients timed one by one")
@@ -75,6 +164,10 @@ def main() -> None:
     ap.add_argument("--teacher-llm", default="smollm2")
     ap.add_argument("--teacher-samples", type=int, default=32)
     ap.add_argument("--no-teacher", action="store_true")
+    ap.add_argument("--old", default=OLD_COMMIT, help="commit of the student to compare with")
+    ap.add_argument("--train-steps", type=int, default=30)
+    ap.add_argument("--train-rounds", type=int, default=3)
+    ap.add_argument("--no-training", action="store_true")
     args = ap.parse_args()
 
     import numpy as np
@@ -85,8 +178,11 @@ def main() -> None:
     from leader.data.dataset import Dataset
     from leader.models.student import Student
 
-    torch.set_num_threads(args.threads)
     data = Dataset.load(args.data)
+    training = None
+    if not args.no_training:
+        training = training_rates(data, args.old, args.train_steps, args.train_rounds)
+    torch.set_num_threads(args.threads)
     samples = data.samples()
     tmp = Path(tempfile.mkdtemp(prefix="bench-student-"))
     if args.student is None:
@@ -105,6 +201,8 @@ def main() -> None:
                  "mean_visits_per_sample": float(np.mean(visits))},
         "student": {"parameters": student.num_parameters()},
     }
+    if training is not None:
+        result["training"] = training
 
     best = float("inf")
     student.predict_proba(samples[: args.batch_size])  # warm-up

@@ -19,7 +19,7 @@ FAST = {"train": {"epochs": 3}}
 
 def train_baseline(name, data, out, config=None):
     result = fit_model(name, data, out, config, progress=False)
-    return result.out, result.metrics
+    return result.out, {**result.metrics, "rule": result.rule}
 
 
 @pytest.mark.slow
@@ -27,7 +27,8 @@ def train_baseline(name, data, out, config=None):
 def test_trains_on_tiny_data_and_serves(name, tiny_data, tiny_data_dir, tmp_path):
     out, metrics = train_baseline(name, tiny_data_dir, tmp_path / name,
                                   FAST if name in NEURAL else None)
-    assert set(metrics) == {"val", "test"} and 0 <= metrics["test"]["jaccard"] <= 1
+    assert set(metrics) == {"val", "test", "rule"} and 0 <= metrics["test"]["jaccard"] <= 1
+    assert "tuned on the val split" in metrics["rule"]["threshold_rule"]
     rec = leader.load(out)
     assert rec.metrics["test"]["n_visits"] == len(tiny_data.samples("test"))
     samples = tiny_data.samples("test")

@@ -262,6 +262,8 @@ def test_cli_ablation_without_teacher(cli, tiny_data_dir, tmp_path):
         "alpha": 0.0,
         "beta": 0.0,
         "online": False,
+        "loss": "mse",
+        "standardized": True,
         "teacher": None,
         "teacher_hash": None,
     }
@@ -294,3 +296,45 @@ def test_cli_features_from_another_dataset_exit_2(cli, teacher_dir, tmp_path_fac
     work.mkdir()
     result = cli("distill", "--data", other, "--teacher", teacher, "--out", work / "s", *FAST)
     assert_refused(result, work, "another dataset")
+
+
+# --- distillation that can transfer ------------------------------------------------------------
+
+
+def test_standardized_features_use_training_split_statistics_only(tiny_data, teacher_dir):
+    from leader.features import load_features
+
+    out, _ = teacher_dir
+    table = FeatureTable.load(out, tiny_data, standardize=True)
+    _, train_hidden, _ = load_features(out, tiny_data, "train")
+    _, val_hidden, _ = load_features(out, tiny_data, "val")
+    torch.testing.assert_close(table.mean, train_hidden.float().mean(0))
+    torch.testing.assert_close(table.std, train_hidden.float().std(0, unbiased=False)
+                               .clamp_min(1e-6))
+    both = torch.cat([train_hidden, val_hidden]).float()
+    assert not torch.allclose(table.mean, both.mean(0))  # val rows would move the statistics
+    train = tiny_data.samples("train")
+    got = table(train)
+    torch.testing.assert_close(got.mean(0), torch.zeros(got.shape[1]), atol=1e-4, rtol=0)
+    assert set(table.index) == {s.sample_id for s in train}
+    raw = FeatureTable.load(out, tiny_data)
+    assert raw.mean is None and torch.allclose(raw(train), train_hidden.float())
+
+
+def test_cosine_feature_loss_and_summed_projected_alignment(tiny_data):
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert feature_loss(a, a * 3, "cosine").item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_loss(a, -a, "cosine").item() == pytest.approx(2.0)
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    assert info_nce(x, y, 1.0, summed=True).item() == pytest.approx(
+        2 * info_nce(x, y, 1.0).item(), rel=1e-5)
+    table = random_features(tiny_data.samples("train"))
+    reference = Student(tiny_data.schema, {"preset": "reference"})
+    task = DistillTask(reference, 0.5, 0.01, teacher=table, distill_loss="cosine")
+    assert task.temperature == 1.0 and task.align_sum and task.distill_loss == "cosine"
+    assert task.module.align_profile.out_features == 64
+    assert task.module.align_target.out_features == 64
+    no_proj = Student(tiny_data.schema, {"align_projection": 0})
+    assert isinstance(DistillTask(no_proj, 0, 0.01).module.align_profile, torch.nn.Identity)
+    with pytest.raises(LeaderError, match="--distill-loss"):
+        DistillOptions(distill_loss="l1").resolved("mimic3")

@@ -133,3 +133,49 @@ def test_subprocess_exit_status_and_message(bundles, tmp_path):
                           "--data", str(bundles["popular"])], capture_output=True, text=True)
     assert res.returncode == 2
     assert "missing" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_decide_threshold_reads_validation_never_test(tiny_data):
+    """The stored rule is tuned on the val split only: the model never sees a test sample."""
+    from leader.evaluation import decide_threshold
+    from leader.models.baselines.popular import Popular
+
+    model = Popular(tiny_data.schema).fit(tiny_data)
+    seen: list[str] = []
+    real = model.predict_proba
+
+    def spy(samples):
+        seen.extend(s.sample_id for s in samples)
+        return real(samples)
+
+    model.predict_proba = spy
+    rule = decide_threshold(model, tiny_data)
+    test_ids = {s.sample_id for s in tiny_data.samples("test")}
+    assert seen and set(seen) == {s.sample_id for s in tiny_data.samples("val")}
+    assert not test_ids & set(seen)
+    assert "tuned on the val split" in rule["threshold_rule"] and rule["tuning"]["val_visits"]
+    assert 0.05 <= rule["threshold"] <= 0.95
+    fixed = decide_threshold(model, tiny_data, threshold=0.5, max_drugs=3)
+    assert fixed["threshold"] == 0.5 and fixed["threshold_rule"] == (
+        "fixed 0.5, at most 3 drugs per visit"
+    )
+    with pytest.raises(LeaderError, match="between 0 and 1"):
+        decide_threshold(model, tiny_data, threshold=1.5)
+
+
+def test_the_bundle_rule_is_used_by_default(tiny_data, tmp_path):
+    from leader.bundle import load, save_bundle
+    from leader.evaluation import decide_threshold
+    from leader.models.baselines.popular import Popular
+
+    model = Popular(tiny_data.schema).fit(tiny_data)
+    rule = decide_threshold(model, tiny_data, max_drugs=2)
+    out = save_bundle(model, tmp_path / "pop", rule=rule)
+    rec = load(out)
+    assert rec.threshold == rule["threshold"] and rec.max_drugs == 2
+    r = evaluate(out, tiny_data)
+    assert r["protocol"]["threshold"] == rule["threshold"]
+    assert rule["threshold_rule"] in r["protocol"]["threshold_rule"]
+    assert r["metrics"]["avg_meds"]["mean"] <= 2
+    picked = rec.recommend({"visits": [{"diagnoses": [], "procedures": []}]})
+    assert len(picked["recommended"]) <= 2

@@ -7,10 +7,11 @@ from sklearn.metrics import average_precision_score
 from leader.metrics import (
     average_precision,
     per_visit,
+    predicted,
     resample_indices,
     resampled,
+    search_threshold,
     summarize,
-    tune_threshold,
 )
 
 
@@ -99,9 +100,23 @@ def test_resampled_summary():
     assert set(out) == {"jaccard", "f1", "prauc", "ddi_rate", "avg_meds"}
 
 
-def test_tune_threshold_picks_best_jaccard():
+def test_search_threshold_picks_best_mean_f1():
     y = np.array([[1, 1, 0], [1, 0, 0]])
     s = np.array([[0.35, 0.32, 0.1], [0.33, 0.1, 0.05]])
-    t, j = tune_threshold(y, s)
-    assert j == 1.0 and 0.1 < t <= 0.3  # every grid point in (0.1, 0.3] is perfect
+    t, f1 = search_threshold(y, s)
+    assert f1 == 1.0 and 0.1 < t <= 0.3  # every grid point in (0.1, 0.3] is perfect
     assert t == 0.3  # ties go to the threshold nearest 0.5
+    # the mean F1 by hand: at 0.3 {a,b,c} vs {a,b} -> 0.8; at 0.5 {a} vs {a,b} -> 2/3
+    y2 = np.array([[1, 1, 0, 0]])
+    s2 = np.array([[0.6, 0.4, 0.35, 0.1]])
+    assert search_threshold(y2, s2, grid=(0.3, 0.5)) == (0.3, pytest.approx(0.8))
+
+
+def test_set_size_cap_keeps_the_highest_scores():
+    s = np.array([[0.9, 0.8, 0.7, 0.1], [0.2, 0.6, 0.9, 0.95]])
+    assert predicted(s, 0.5).sum(1).tolist() == [3, 3]
+    capped = predicted(s, 0.5, max_drugs=2)
+    assert capped.tolist() == [[True, True, False, False], [False, False, True, True]]
+    y = np.array([[1, 1, 0, 0], [0, 0, 1, 1]])
+    t, f1 = search_threshold(y, s, grid=(0.5,), max_drugs=2)
+    assert (t, f1) == (0.5, 1.0)

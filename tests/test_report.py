@@ -71,3 +71,36 @@ def test_cli_prints_table(model_dirs, tiny_data_dir, tmp_path):
                                               str(tmp_path / "r"), "--rounds", "2"])
     assert res.exit_code == 0, res.output
     assert "| popular |" in res.output and (tmp_path / "r" / "report.html").is_file()
+
+
+def test_paired_differences_and_small_split_warning(tiny_data_dir, tmp_path):
+    """Paired differences against a reference on the same draws, and the ranking warning."""
+    from leader.bundle import save_bundle
+    from leader.data.dataset import Dataset
+    from leader.evaluation import decide_threshold
+    from leader.models.baselines.popular import Popular, RepeatLast
+    from leader.report import compare
+
+    data = Dataset.load(tiny_data_dir)
+    dirs = []
+    for cls in (Popular, RepeatLast):
+        model = cls(data.schema).fit(data)
+        dirs.append(save_bundle(model, tmp_path / cls.name, rule=decide_threshold(model, data)))
+    table = compare(data, dirs, tmp_path / "report", reference="popular", threshold=0.3)
+    paired = table["paired"]["repeat-last"]
+    rows = {r["model"]: r for r in table["rows"]}
+    # the mean paired difference is the difference of the means (same draws)
+    for m in ("jaccard", "prauc"):
+        want = rows["repeat-last"][m]["mean"] - rows["popular"][m]["mean"]
+        assert paired["all"][m]["mean"] == pytest.approx(want, abs=1e-9)
+        lo, hi = paired["all"][m]["ci95"]
+        assert lo <= paired["all"][m]["mean"] <= hi
+    # on first visits repeat-last IS popular: every paired difference is exactly 0
+    assert paired["first_visit"]["jaccard"] == {"mean": 0.0, "std": 0.0, "ci95": [0.0, 0.0]}
+    text = (tmp_path / "report" / "table.md").read_text()
+    assert "Paired differences against `popular`" in text
+    assert "too few to rank models" in text and table["warnings"]
+    own = compare(data, dirs, tmp_path / "own")  # each bundle's own rule, stated
+    assert "tuned on the val split" in own["protocol_line"]
+    with pytest.raises(LeaderError, match="reference 'nope'"):
+        compare(data, dirs, tmp_path / "r2", reference="nope")

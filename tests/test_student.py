@@ -180,3 +180,113 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
         ref.module.state_dict().items(), resumed.module.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+# --- presets and ablation flags ----------------------------------------------------------------
+
+FLAGS = [
+    {"preset": "reference"},
+    {},  # the default preset
+    {"wide": False},
+    {"frequency_bias": False},
+    {"set_encoder": "mean"},
+    {"shared_visit_encoder": False, "visit_positions": True},
+    {"norm_first": False, "activation": "relu"},
+    {"feature_before_activation": False},
+]
+
+
+@pytest.mark.parametrize("config", FLAGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items())
+                         or "default")
+def test_each_preset_and_flag_shapes_and_masking(tiny_data, config):
+    """Every configuration: right shapes, and padding (visits, codes) never changes a result."""
+    student = make_student(tiny_data, **config)
+    student.module.eval()
+    samples = tiny_data.samples("train")[:12]
+    batch = student.encoder.collate(samples)
+    with torch.no_grad():
+        logits, feature, profile = student.module(batch)
+        assert logits.shape == (12, len(tiny_data.drugs)) and torch.isfinite(logits).all()
+        assert feature.shape == (12, 128) and profile.shape == (12, 64)
+        # each sample alone (less padding) gives the same logits as inside the batch
+        alone = torch.cat([student.module(student.encoder.collate([s]))[0] for s in samples])
+    torch.testing.assert_close(alone, logits, rtol=1e-4, atol=1e-4)
+
+
+def test_presets_differ_only_where_documented(tiny_data):
+    from leader.models.student import DEFAULTS, PRESETS, resolve_config
+
+    ref = resolve_config({"preset": "reference"})
+    default = resolve_config(None)
+    assert default == DEFAULTS and default["preset"] == "leader"
+    changed = {k for k in ref if ref[k] != default[k]} - {"preset"}
+    assert changed == set(PRESETS["reference"]) == {"wide", "frequency_bias", "set_encoder"}
+    # the reference student itself: pre-norm GELU, ff 300, dropout 0.4 / 0.1, one shared visit
+    # encoder without positions, feature before activation, InfoNCE tau 1, 64-d projections, sum
+    assert (ref["norm_first"], ref["activation"], ref["ff"]) == (True, "gelu", 300)
+    assert (ref["dropout"], ref["attention_dropout"]) == (0.4, 0.1)
+    assert ref["shared_visit_encoder"] and not ref["visit_positions"]
+    assert ref["feature_before_activation"] and ref["set_encoder"] == "transformer"
+    assert (ref["align_temperature"], ref["align_projection"], ref["align_sum"]) == (1.0, 64, True)
+    student = make_student(tiny_data, preset="reference")
+    assert student.module.wide is None and list(student.module.visits) == ["shared"]
+    block = student.module.sets["diagnoses"].encoder.layers[0]
+    assert block.norm_first and block.linear1.out_features == 300
+    assert block.dropout.p == 0.4 and block.self_attn.dropout == 0.1
+    # an explicit key wins over the preset; an unknown preset is refused
+    assert resolve_config({"preset": "reference", "wide": True})["wide"] is True
+    with pytest.raises(LeaderError, match="preset 'nope'"):
+        Student(tiny_data.schema, {"preset": "nope"})
+
+
+def test_feature_is_taken_before_the_activation(tiny_data):
+    student = make_student(tiny_data)
+    student.module.eval()
+    with torch.no_grad():
+        _, pre, _ = student.module(student.encoder.collate(tiny_data.samples("train")[:8]))
+    assert (pre < 0).any()  # a ReLU output would have none
+    post = make_student(tiny_data, feature_before_activation=False)
+    post.module.eval()
+    with torch.no_grad():
+        _, after, _ = post.module(post.encoder.collate(tiny_data.samples("train")[:8]))
+    assert (after >= 0).all()
+
+
+def test_wide_path_and_frequency_bias(tiny_data):
+    from leader.data.samples import multi_hot
+
+    student = make_student(tiny_data)
+    fit(student, tiny_data, DistillOptions(alpha=0, beta=0, max_steps=1, lr=1e-9,
+                                           progress=False))
+    freq = multi_hot([s.target for s in tiny_data.samples("train")], tiny_data.drugs).mean(0)
+    freq = freq.clamp(1e-4, 1 - 1e-4)
+    torch.testing.assert_close(student.module.head.bias, torch.log(freq / (1 - freq)),
+                               rtol=1e-3, atol=1e-3)
+    wide = student.module.wide
+    assert wide is not None and set(wide.codes) == {"diagnoses", "procedures", "drugs"}
+    # the wide path reads only the current visit's codes and the previous drugs
+    s = tiny_data.samples("train")[0]
+    batch = student.encoder.collate([s])
+    with torch.no_grad():
+        direct = wide(batch)
+        dx = batch.diagnoses[0, -1]
+        by_hand = wide.codes["diagnoses"].weight[dx[dx > 0]].sum(0)
+        by_hand = by_hand + wide.codes["procedures"].weight[batch.procedures[0, -1]].sum(0)
+        by_hand = by_hand + wide.codes["drugs"].weight[batch.prev_drugs[0, -1]].sum(0)
+        for i, emb in enumerate(wide.fields):
+            by_hand = by_hand + emb.weight[batch.profile[0, i]]
+    torch.testing.assert_close(direct[0], by_hand * wide.scale)
+    none = make_student(tiny_data, wide=False, frequency_bias=False)
+    fit(none, tiny_data, DistillOptions(alpha=0, beta=0, max_steps=1, lr=1e-9, progress=False))
+    assert none.module.wide is None
+    assert not torch.allclose(none.module.head.bias, student.module.head.bias)
+
+
+def test_a_bundle_from_before_the_presets_is_refused_clearly(tiny_data, tmp_path):
+    student = make_student(tiny_data)
+    out = bundle.save_bundle(student, tmp_path / "s")
+    cfg = json.loads((out / "model.json").read_text())
+    del cfg["config"]["preset"]
+    (out / "model.json").write_text(json.dumps(cfg))
+    with pytest.raises(LeaderError, match="older leader"):
+        bundle.load(out, verify=False)

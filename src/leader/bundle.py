@@ -58,8 +58,14 @@ def save_bundle(
     force: bool = False,
     extra: dict[str, Any] | None = None,
     calibration: calib.Calibration | None = None,
+    rule: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` as a self-contained MODEL_DIR at ``out`` (atomically)."""
+    """Write ``model`` as a self-contained MODEL_DIR at ``out`` (atomically).
+
+    ``rule``: the decision rule of :func:`leader.evaluation.decide_threshold` (threshold, its
+    rule in words, optional set-size cap); it wins over ``threshold``."""
+    rule = rule or {"threshold": threshold, "threshold_rule": f"fixed {threshold:g}"}
+    threshold = float(rule["threshold"])
     out = Path(out)
     with atomic_dir(out, force=force) as tmp:
         model.save(tmp)
@@ -67,7 +73,8 @@ def save_bundle(
         write_json(tmp / METRICS_FILE, metrics or {})
         if calibration is not None:
             calib.write(tmp, calibration)
-        (tmp / "README.md").write_text(model_card(model, threshold, metrics or {}, calibration))
+        card = model_card(model, threshold, metrics or {}, calibration, rule)
+        (tmp / "README.md").write_text(card)
         write_manifest(
             tmp,
             MODEL_KIND,
@@ -75,6 +82,9 @@ def save_bundle(
             model=model.name,
             config=model.config.to_dict(),
             threshold=threshold,
+            threshold_rule=rule.get("threshold_rule"),
+            max_drugs=rule.get("max_drugs"),
+            **({"threshold_tuning": rule["tuning"]} if rule.get("tuning") else {}),
             parameters=model.num_parameters(),
             data={"source": model.schema.source, "hash": model.schema.data_hash},
             files=_file_hashes(tmp),
@@ -88,6 +98,7 @@ def model_card(
     threshold: float,
     metrics: dict[str, Any],
     calibration: calib.Calibration | None = None,
+    rule: dict | None = None,
 ) -> str:
     lines = [
         f"# leader model: {model.name}",
@@ -107,7 +118,8 @@ def model_card(
         f"({model.schema.ddi_source or 'unknown source'})",
         "",
         "## Decision rule",
-        f"A drug class is recommended when its probability is at least {threshold}.",
+        f"A drug class is recommended when its probability is at least {threshold:g} "
+        f"(rule: {(rule or {}).get('threshold_rule') or 'fixed'}).",
         "",
         "## Calibration",
         calibration.describe() if calibration else "Not calibrated: the model's own probabilities.",
@@ -153,6 +165,12 @@ class Bundle:
     @property
     def threshold(self) -> float:
         return float(self.manifest.get("threshold", 0.5))
+
+    @property
+    def max_drugs(self) -> int | None:
+        """A cap on the recommended set's size, when the bundle's rule has one."""
+        cap = self.manifest.get("max_drugs")
+        return int(cap) if cap is not None else None
 
     @property
     def metrics(self) -> dict:
@@ -256,7 +274,8 @@ def store_calibration(
         kept = calibration if calibration.method != "none" else None
         if kept is not None:
             calib.write(tmp, kept)
-        (tmp / "README.md").write_text(model_card(model, rec.threshold, rec.metrics, kept))
+        rule = {"threshold_rule": rec.manifest.get("threshold_rule")}
+        (tmp / "README.md").write_text(model_card(model, rec.threshold, rec.metrics, kept, rule))
         fields = {k: v for k, v in rec.manifest.items()
                   if k not in ("kind", "format_version", "created", "versions", "files")}
         fields["calibration"] = calibration.method

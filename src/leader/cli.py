@@ -37,6 +37,7 @@ def _register() -> None:
         "leader.commands.teacher",
         "leader.commands.student",
         "leader.commands.evaluation",
+        "leader.commands.tune",
         "leader.commands.recommend",
     ):
         try:

@@ -23,17 +23,30 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def feature_loss(projected: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
-    """MSE between the projected student feature and the teacher's hidden state."""
-    return F.mse_loss(projected, teacher_hidden.to(projected.dtype))
+FEATURE_LOSSES = ("mse", "cosine")
+
+
+def feature_loss(
+    projected: torch.Tensor, teacher_hidden: torch.Tensor, kind: str = "mse"
+) -> torch.Tensor:
+    """MSE, or 1 - cosine similarity, between the projected student feature and the teacher's."""
+    target = teacher_hidden.to(projected.dtype)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(projected, target, dim=-1)).mean()
+    return F.mse_loss(projected, target)
 
 
 def info_nce(
-    a: torch.Tensor, b: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+    summed: bool = False,
 ) -> torch.Tensor:
     """Symmetric InfoNCE: row i of ``a`` should match row i of ``b`` among the batch's rows.
 
-    Cosine similarities over ``temperature``; the mean of the a→b and b→a cross-entropies.
+    Cosine similarities over ``temperature``; the a→b and b→a cross-entropies averaged, or
+    ``summed`` as the reference code does (which doubles the term's weight).
     Rows where ``valid`` is false (no target drug) take no part; fewer than two rows give 0.
     """
     if valid is not None:
@@ -42,4 +55,5 @@ def info_nce(
         return a.sum() * 0.0 + b.sum() * 0.0  # keeps the graph (DDP) without a signal
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
     labels = torch.arange(a.shape[0], device=a.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    both = F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)
+    return both if summed else both / 2

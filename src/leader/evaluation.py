@@ -32,15 +32,18 @@ from leader.data.samples import Sample, multi_hot
 from leader.errors import LeaderError
 from leader.metrics import (
     CONVENTIONS,
-    THRESHOLD_GRID,
+    THRESHOLD_SEARCH,
+    interval,
+    per_round,
     per_visit,
     resample_indices,
     resampled,
+    search_threshold,
     summarize,
-    tune_threshold,
 )
 
 DEFAULT_THRESHOLD = 0.5
+TUNED_RULE = THRESHOLD_SEARCH
 
 
 def protocol_line(protocol: dict) -> str:
@@ -113,24 +116,68 @@ def group_masks(samples: Sequence[Sample]) -> dict[str, np.ndarray]:
     }
 
 
+def rule_text(threshold: float, tuned: bool, max_drugs: int | None = None) -> str:
+    """The decision rule in words, as every result states it."""
+    rule = TUNED_RULE if tuned else f"fixed {threshold:g}"
+    return rule + (f", at most {max_drugs} drugs per visit" if max_drugs else "")
+
+
+def check_threshold(threshold: float | None, max_drugs: int | None = None) -> None:
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError("threshold", f"expected a number between 0 and 1, got {threshold}")
+    if max_drugs is not None and max_drugs < 1:
+        raise ConfigError("max_drugs", f"expected at least 1, got {max_drugs}")
+
+
+def decide_threshold(
+    model: Any,
+    data: Dataset,
+    threshold: float | None = None,
+    max_drugs: int | None = None,
+    val_probs: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The decision rule a pipeline stores in a bundle: ``threshold`` when given (fixed), else
+    the validation split's best mean-F1 grid value; never the test split. Any model's pipeline
+    calls this after fitting, so every model gets the same rule. ``val_probs``: the model's
+    scores of the val split when already computed (a slow teacher scores it once)."""
+    check_threshold(threshold, max_drugs)
+    out: dict[str, Any] = {"max_drugs": max_drugs}
+    val = data.samples("val")
+    if threshold is not None or not val:
+        fixed = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        rule = rule_text(fixed, False, max_drugs)
+        if threshold is None:
+            rule += " (no validation visits to tune on)"
+        return {**out, "threshold": fixed, "threshold_rule": rule}
+    probs = np.asarray(model.predict_proba(val) if val_probs is None else val_probs)
+    best, f1 = search_threshold(truth(val, data), probs, max_drugs=max_drugs)
+    return {
+        **out,
+        "threshold": best,
+        "threshold_rule": rule_text(best, True, max_drugs),
+        "tuning": {"val_visits": len(val), "val_f1": f1},
+    }
+
+
 def choose_threshold(
     rec: Bundle, data: Dataset, threshold: float | None, tune: bool
 ) -> tuple[float, str, dict[str, Any]]:
-    """The threshold, the rule in words, and what tuning saw (empty when not tuned)."""
+    """The threshold, the rule in words, and what tuning saw (empty when not tuned).
+
+    Neither given: the bundle's own rule (tuned on validation when it was trained)."""
     if tune:
         if threshold is not None:
             raise ConfigError("threshold", "give a threshold or tune it, not both")
         val = split_samples(data, "val")
         probs, _ = score(rec, data, val)
-        best, jac = tune_threshold(truth(val, data), probs)
-        grid = f"{THRESHOLD_GRID[0]}..{THRESHOLD_GRID[-1]} step 0.05"
-        rule = f"tuned on the val split: best mean Jaccard over the grid {grid}"
-        return best, rule, {"val_visits": len(val), "val_jaccard": jac}
+        best, f1 = search_threshold(truth(val, data), probs, max_drugs=rec.max_drugs)
+        rule = rule_text(best, True, rec.max_drugs) + " (at evaluation)"
+        return best, rule, {"val_visits": len(val), "val_f1": f1}
     if threshold is None:
-        return DEFAULT_THRESHOLD, "fixed 0.5 for every model", {}
-    if not 0.0 < threshold < 1.0:
-        raise ConfigError("threshold", f"expected a number between 0 and 1, got {threshold}")
-    return float(threshold), f"fixed {threshold} for every model", {}
+        rule = rec.manifest.get("threshold_rule") or rule_text(rec.threshold, False)
+        return rec.threshold, f"the bundle's: {rule}", {}
+    check_threshold(threshold)
+    return float(threshold), rule_text(threshold, False, rec.max_drugs) + " for every model", {}
 
 
 def metrics_block(
@@ -140,9 +187,13 @@ def metrics_block(
     samples: Sequence[Sample],
     draws: list[np.ndarray],
     threshold: float,
+    max_drugs: int | None = None,
 ) -> tuple[dict, dict]:
-    """Resampled metrics over all visits, and per group on the same draws."""
-    values = per_visit(y, probs, ddi, threshold)
+    """Resampled metrics over all visits, and per group on the same draws.
+
+    Each block also keeps its per-round values (``rounds``), so that two models evaluated with
+    the same options can be compared round by round (:func:`paired_differences`)."""
+    values = per_visit(y, probs, ddi, threshold, max_drugs)
     groups: dict[str, Any] = {"by_visits": {}}
     for key, mask in group_masks(samples).items():
         sub = [d[mask[d]] for d in draws]
@@ -151,7 +202,9 @@ def metrics_block(
         if key.startswith("by_visits/"):
             groups["by_visits"][key.split("/", 1)[1]] = block
         else:
+            block["rounds"] = per_round(values, sub) if sub else None
             groups[key] = block
+    groups["all"] = {"n_visits": len(samples), "rounds": per_round(values, draws)}
     return resampled(values, draws), groups
 
 
@@ -176,7 +229,7 @@ def evaluate(
     probs, seconds = score(rec, data, samples)
     draws = resample_indices(len(samples), rounds, frac, seed)
     metrics, groups = metrics_block(
-        truth(samples, data), probs, data.ddi_matrix, samples, draws, thr
+        truth(samples, data), probs, data.ddi_matrix, samples, draws, thr, rec.max_drugs
     )
     manifest = rec.manifest
     trained_on = manifest.get("data", {}).get("hash", "")
@@ -190,6 +243,7 @@ def evaluate(
             "sample_size": len(draws[0]),
             "threshold": thr,
             "threshold_rule": rule,
+            "max_drugs": rec.max_drugs,
             **({"tuning": tuning} if tuning else {}),
             "interval": "empirical 2.5 and 97.5 percentiles over the rounds",
             "std": "sample standard deviation (ddof=1) over the rounds",
@@ -230,6 +284,38 @@ def fit_calibration(
     raw = np.asarray(uncalibrated(rec.model).predict_proba(samples), dtype=np.float64)
     y = multi_hot([s.target for s in samples], rec.schema.drugs).numpy()
     return fit(raw, y, method, split=split, data_hash=data.data_hash)
+MIN_VISITS_TO_RANK = 200  # below this a test split rarely separates models (demo: 9 visits)
+PAIRED_GROUPS = ("all", "first_visit", "returning")
+
+
+def paired_differences(result: dict, reference: dict) -> dict[str, dict[str, dict]]:
+    """``result`` minus ``reference``, round by round on the same resamples, per group and
+    metric: mean difference and empirical 95% interval. Both must come from the same data,
+    split, rounds, frac and seed (then the draws are identical)."""
+    keys = ("split", "rounds", "frac", "seed", "sample_size")
+    a, b = result["protocol"], reference["protocol"]
+    if [a.get(k) for k in keys] != [b.get(k) for k in keys] or (
+        result["data"]["hash"] != reference["data"]["hash"]
+    ):
+        raise LeaderError("paired differences need two evaluations of the same data and draws")
+    out: dict[str, dict[str, dict]] = {}
+    for g in PAIRED_GROUPS:
+        ra, rb = result["groups"][g].get("rounds"), reference["groups"][g].get("rounds")
+        if not ra or not rb:
+            continue
+        out[g] = {m: interval(np.subtract(ra[m], rb[m])) for m in ra}
+    return out
+
+
+def ranking_warning(n_visits: int) -> str | None:
+    """A plain warning when the split is too small for a table to rank models."""
+    if n_visits >= MIN_VISITS_TO_RANK:
+        return None
+    return (
+        f"only {n_visits} visits in this split: too few to rank models (fewer than "
+        f"{MIN_VISITS_TO_RANK}); read the paired 95% intervals, and do not rank models whose "
+        "interval includes 0"
+    )
 
 
 def means(result: dict) -> dict[str, float]:
@@ -241,20 +327,19 @@ def split_metrics(
     model: Any,
     data: Dataset,
     threshold: float = DEFAULT_THRESHOLD,
+    max_drugs: int | None = None,
     probs: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Point metrics of an in-memory model on the val and test splits (no resampling), for the
-    bundle's ``metrics.json``; a split without visits is left out. ``probs`` (per split, in the
-    split's sample order) reuses probabilities already computed, e.g. by a feature export."""
+    bundle's ``metrics.json``; a split without visits is left out. ``probs``: scores per split
+    already computed."""
     out: dict[str, dict] = {}
     for split in ("val", "test"):
         samples = data.samples(split)
         if not samples:
             continue
-        if probs is not None and split in probs:
-            split_probs = np.asarray(probs[split])
-        else:
-            split_probs = np.asarray(model.predict_proba(samples))
-        values = per_visit(truth(samples, data), split_probs, data.ddi_matrix, threshold)
+        scores = (probs or {}).get(split)
+        scores = np.asarray(model.predict_proba(samples) if scores is None else scores)
+        values = per_visit(truth(samples, data), scores, data.ddi_matrix, threshold, max_drugs)
         out[split] = {**summarize(values), "n_visits": len(samples), "threshold": threshold}
     return out

@@ -14,6 +14,8 @@ Conventions (stated with every result, tested with hand-computed values):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 METRICS = ("jaccard", "prauc", "f1", "ddi_rate", "avg_meds")  # the lineage's table order
@@ -31,8 +33,22 @@ CONVENTIONS = {
     "avg_meds": "mean size of the predicted set",
     "prediction": "a drug is predicted when its score >= threshold",
 }
-# The validation grid of --tune-threshold: coarse enough to not overfit a small validation set.
+# The validation grid of the tuned threshold: coarse enough to not overfit a small validation set.
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+THRESHOLD_SEARCH = "tuned on the val split: best mean F1 over the grid 0.05..0.95 step 0.05"
+
+
+def predicted(scores: np.ndarray, threshold: float, max_drugs: int | None = None) -> np.ndarray:
+    """The predicted sets as a boolean matrix: score >= threshold, at most the ``max_drugs``
+    highest scores per visit when a cap is given."""
+    scores = np.asarray(scores)
+    pred = scores >= threshold
+    if max_drugs is not None and scores.shape[1] > max_drugs:
+        top = np.zeros_like(pred)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :max_drugs]
+        np.put_along_axis(top, order, True, axis=1)
+        pred &= top
+    return pred
 
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -58,11 +74,15 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def per_visit(
-    y_true: np.ndarray, scores: np.ndarray, ddi: np.ndarray | None = None, threshold: float = 0.5
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    ddi: np.ndarray | None = None,
+    threshold: float = 0.5,
+    max_drugs: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Everything needed to average or resample the metrics, one value per visit."""
     y_true = np.asarray(y_true, dtype=bool)
-    pred = np.asarray(scores) >= threshold
+    pred = predicted(scores, threshold, max_drugs)
     inter = (pred & y_true).sum(1).astype(np.float64)
     union = (pred | y_true).sum(1).astype(np.float64)
     n_pred = pred.sum(1).astype(np.float64)
@@ -120,36 +140,47 @@ def resample_indices(
     return [rng.integers(0, n, size=size) for _ in range(rounds)]
 
 
+def per_round(values: dict[str, np.ndarray], draws: list[np.ndarray]) -> dict[str, list[float]]:
+    """Every metric on every resample: two models scored on the same draws pair round by round."""
+    rows = [summarize(values, idx) for idx in draws]
+    return {m: [r[m] for r in rows] for m in METRICS}
+
+
+def interval(a: np.ndarray | list[float]) -> dict[str, Any]:
+    """Mean, std (ddof 1) and empirical 95% interval of per-round values."""
+    a = np.asarray(a, dtype=np.float64)
+    return {
+        "mean": float(np.nanmean(a)),
+        "std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else 0.0,
+        "ci95": [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))],
+    }
+
+
 def resampled(
     values: dict[str, np.ndarray], draws: list[np.ndarray]
 ) -> dict[str, dict[str, float]]:
     """Mean, std and empirical 95% interval of every metric over the resamples."""
-    rows = [summarize(values, idx) for idx in draws]
-    out = {}
-    for m in METRICS:
-        a = np.array([r[m] for r in rows], dtype=np.float64)
-        out[m] = {
-            "mean": float(np.nanmean(a)),
-            "std": float(np.nanstd(a, ddof=1)) if len(a) > 1 else 0.0,
-            "ci95": [float(np.nanpercentile(a, 2.5)), float(np.nanpercentile(a, 97.5))],
-        }
-    return out
+    return {m: interval(a) for m, a in per_round(values, draws).items()}
 
 
-def tune_threshold(
-    y_true: np.ndarray, scores: np.ndarray, grid: tuple[float, ...] = THRESHOLD_GRID
+def search_threshold(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    grid: tuple[float, ...] = THRESHOLD_GRID,
+    max_drugs: int | None = None,
 ) -> tuple[float, float]:
-    """The grid threshold with the best mean Jaccard (ties: the one nearest 0.5) and that Jaccard.
+    """The grid threshold with the best mean F1 (ties: the one nearest 0.5) and that F1.
 
-    The same rule for every model, so no model gets a threshold hand-picked for it.
+    The same rule for every model, so no model gets a threshold hand-picked for it. Callers
+    pass VALIDATION visits: a threshold tuned on the test split would flatter every model.
     """
     if len(y_true) == 0:
         raise ValueError("cannot tune a threshold on zero visits")
     y_true = np.asarray(y_true, dtype=bool)
-    best = (-1.0, 0.0, 0.5)  # (jaccard, -distance to 0.5, threshold)
+    best = (-1.0, 0.0, 0.5)  # (f1, -distance to 0.5, threshold)
     for t in grid:
-        pred = np.asarray(scores) >= t
-        inter, union = (pred & y_true).sum(1), (pred | y_true).sum(1)
-        j = float(np.where(union == 0, 1.0, inter / np.maximum(union, 1)).mean())
-        best = max(best, (j, -abs(t - 0.5), t))
+        pred = predicted(scores, t, max_drugs)
+        inter, size = (pred & y_true).sum(1), pred.sum(1) + y_true.sum(1)
+        f1 = float(np.where(size == 0, 1.0, 2 * inter / np.maximum(size, 1)).mean())
+        best = max(best, (f1, -abs(t - 0.5), t))
     return best[2], best[0]

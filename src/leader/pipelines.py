@@ -31,7 +31,7 @@ from leader.configs import Config, ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
 from leader.errors import LeaderError
-from leader.evaluation import DEFAULT_THRESHOLD, split_metrics
+from leader.evaluation import check_threshold, decide_threshold, split_metrics
 from leader.features import DEFAULT_SHARD_SIZE, FeatureTable, TeacherFeatures, teacher_hash
 from leader.features import export_features as write_features
 from leader.models.base import MedModel, model_class
@@ -47,7 +47,8 @@ class FitResult:
     model: MedModel
     out: Path
     run_dir: Path
-    metrics: dict[str, dict[str, Any]]  # val / test point metrics at the bundle's threshold
+    metrics: dict[str, dict[str, Any]]  # val / test point metrics at the bundle's decision rule
+    rule: dict[str, Any]  # the decision rule: threshold (tuned on val or fixed), cap, in words
     training: dict[str, Any]  # the model's fit summary (best validation PRAUC, steps, ...)
     timings: dict[str, float]  # seconds: fit, score, save
     notes: dict[str, Any] = field(default_factory=dict)  # model-specific (teacher metrics ...)
@@ -119,8 +120,11 @@ class OnlineTeacher:
         return hidden.float()
 
 
-def teacher_features(teacher: Path | None, data: Dataset, online: bool) -> TeacherFeatures:
-    """The teacher's hidden states of the training split, checked to cover every sample."""
+def teacher_features(
+    teacher: Path | None, data: Dataset, online: bool, standardize: bool = False
+) -> TeacherFeatures:
+    """The teacher's hidden states of the training split, checked to cover every sample
+    (exported ones standardized with the training split's statistics when asked)."""
     if teacher is None:
         raise ConfigError("teacher", "required for feature distillation (or set alpha to 0)")
     teacher = Path(teacher)
@@ -128,7 +132,7 @@ def teacher_features(teacher: Path | None, data: Dataset, online: bool) -> Teach
         raise ConfigError("teacher", f"{teacher}: directory not found")
     if online:
         return OnlineTeacher(teacher, data)
-    table = FeatureTable.load(teacher, data, "train")
+    table = FeatureTable.load(teacher, data, standardize)
     table.check_covers(data.samples("train"), str(teacher / "features"))
     return table
 
@@ -159,7 +163,8 @@ def fit_model(
     config: Config | dict[str, Any] | None = None,
     *,
     teacher: Path | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
+    max_drugs: int | None = None,
     force: bool = False,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
@@ -172,9 +177,11 @@ def fit_model(
     their config asks for it (the student with ``alpha > 0``). A model that encodes (the
     teacher) is run once over every split after training when ``export``: the val/test metrics
     come from those passes, which also write ``out/features/`` for distillation.
+
+    The decision rule is the same for every model: ``threshold`` when given, else the value that
+    maximises mean F1 on the validation split (never test), optionally capped at ``max_drugs``.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ConfigError("threshold", f"expected a number in [0, 1], got {threshold}")
+    check_threshold(threshold, max_drugs)
     out = Path(out)
     check_can_write(out, force)  # fail before the long work
     data = data if isinstance(data, Dataset) else Dataset.load(data)
@@ -202,18 +209,19 @@ def fit_model(
     if export and main and hasattr(model, "encode"):  # one pass: metrics and features
         encoded = {split: model.encode(data.samples(split)) for split in SPLITS}
     probs = {s: torch.sigmoid(logits).numpy() for s, (_, logits) in encoded.items()}
-    metrics = split_metrics(model, data, threshold, probs=probs or None)
+    rule = decide_threshold(model, data, threshold, max_drugs, val_probs=probs.get("val"))
+    metrics = split_metrics(model, data, rule["threshold"], max_drugs, probs=probs or None)
     t2 = time.perf_counter()
     notes = _notes(model, teacher, features)
     if main:
-        save_bundle(model, out, threshold=threshold, metrics=metrics, force=force,
+        save_bundle(model, out, metrics=metrics, force=force, rule=rule,
                     extra={"training": model.fit_summary, **notes})
         if encoded:
             index = write_features(model, out, data, encoded=encoded)
             notes["features"] = {"dir": index["dir"], "computed": index["computed"]}
         shutil.rmtree(run_dir, ignore_errors=True)
     timings = {"fit": t1 - t0, "score": t2 - t1, "save": time.perf_counter() - t2}
-    return FitResult(model, out, run_dir, metrics, model.fit_summary, timings,
+    return FitResult(model, out, run_dir, metrics, rule, model.fit_summary, timings,
                      {**notes, "teacher_metrics": _teacher_metrics(teacher)})
 
 
@@ -230,7 +238,9 @@ def _features_for(model: MedModel, teacher: Path | None, data: Dataset) -> Any:
         if teacher is not None and not model.uses_teacher:
             raise ConfigError("teacher", f"model {model.name} does not learn from a teacher")
         return None
-    return teacher_features(teacher, data, bool(getattr(model.config, "online", False)))
+    cfg = model.config
+    return teacher_features(teacher, data, bool(getattr(cfg, "online", False)),
+                            bool(getattr(cfg, "standardize", False)))
 
 
 def _teacher_hash(features: Any, teacher: Path | None) -> str | None:
@@ -248,6 +258,9 @@ def _notes(model: MedModel, teacher: Path | None, features: Any) -> dict[str, An
             "alpha": model.config.alpha,
             "beta": model.config.beta,
             "online": model.config.online,
+            "loss": model.config.distill_loss,
+            "standardized": bool(model.config.standardize and not model.config.online
+                                 and features is not None),
             "teacher": str(teacher) if features is not None else None,
             "teacher_hash": _teacher_hash(features, teacher),
         }

@@ -36,7 +36,11 @@ Parsed = tuple[Sample, list[str]]  # a patient read into a sample, and its input
 
 
 def ranked_output(
-    probs: np.ndarray, schema: Schema, threshold: float, top_k: int | None
+    probs: np.ndarray,
+    schema: Schema,
+    threshold: float,
+    top_k: int | None,
+    max_drugs: int | None = None,
 ) -> dict[str, Any]:
     """Rank every drug class; pick the recommended set; list interacting pairs inside it."""
     drugs = schema.drugs
@@ -46,7 +50,7 @@ def ranked_output(
         {"code": drugs.codes[j], "name": drugs.titles[j], "probability": p}
         for j, p in zip(order.tolist(), rounded, strict=True)
     ]
-    chosen = order[:top_k] if top_k is not None else order[probs[order] >= threshold]
+    chosen = order[:top_k] if top_k is not None else order[probs[order] >= threshold][:max_drugs]
     chosen = chosen.tolist()
     ddi = schema.ddi_matrix
     warnings = [
@@ -185,7 +189,7 @@ class Recommender(Bundle):
             {
                 "patient_id": sample.patient_id,
                 "model": self.info,
-                **ranked_output(probs[i], self.schema, cut, top_k),
+                **ranked_output(probs[i], self.schema, cut, top_k, self.max_drugs),
                 "threshold": cut if top_k is None else None,
                 "top_k": top_k,
                 "warnings": warnings,

@@ -23,11 +23,14 @@ from leader.bundle import load
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
 from leader.evaluation import (
+    PAIRED_GROUPS,
     as_dataset,
     drug_columns,
     evaluate,
     fit_calibration,
+    paired_differences,
     protocol_line,
+    ranking_warning,
     split_samples,
     truth,
 )
@@ -87,6 +90,35 @@ def markdown(rows: list[dict], protocol: str) -> str:
             + " |"
         )
     return "\n".join(lines) + f"\n\nProtocol: {protocol}.\n"
+
+
+PAIRED_SHOWN = ("jaccard", "prauc", "f1")
+
+
+def paired_markdown(paired: dict[str, dict], reference: str) -> str:
+    """Each model minus the reference, round by round: mean difference [95% interval]."""
+    head = ["model"] + [
+        f"Δ {LABELS[m]}" + ("" if g == "all" else f" ({g.replace('_', ' ')})")
+        for g in PAIRED_GROUPS
+        for m in (PAIRED_SHOWN if g == "all" else ("jaccard",))
+    ]
+    lines = [
+        f"Paired differences against `{reference}` on the same resamples "
+        "(mean difference [95% interval]; an interval that excludes 0 is a real difference "
+        "on this split):",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for label, groups in paired.items():
+        cells = []
+        for g in PAIRED_GROUPS:
+            for m in PAIRED_SHOWN if g == "all" else ("jaccard",):
+                d = groups.get(g, {}).get(m)
+                cells.append("-" if d is None else
+                             f"{d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -286,13 +318,19 @@ def compare(
     force: bool = False,
     on_model: Callable[[str], None] | None = None,
     calibration: str = "temperature",
+    reference: str | None = None,
 ) -> dict:
-    """Evaluate every model on the same resamples and write REPORT_DIR; return table.json."""
+    """Evaluate every model on the same resamples and write REPORT_DIR; return table.json.
+
+    ``reference``: a model's label (its directory name); every other model then gets its paired
+    differences against it."""
     if not model_dirs:
         raise LeaderError("compare: give at least one MODEL_DIR")
     dirs = [Path(d) for d in model_dirs]
     dataset = as_dataset(data)
     labels = labels_for(dirs)
+    if reference is not None and reference not in labels:
+        raise LeaderError(f"reference {reference!r}: expected one of {', '.join(labels)}")
     evals: dict[str, dict] = {}
     for label, d in zip(labels, dirs, strict=True):
         if on_model:
@@ -300,21 +338,38 @@ def compare(
         evals[label] = evaluate(d, dataset, split, rounds, frac, seed, threshold, tune_threshold)
     first = next(iter(evals.values()))
     protocol = {k: v for k, v in first["protocol"].items() if k not in ("threshold", "tuning")}
-    if tune_threshold:
-        protocol["thresholds"] = {k: e["protocol"]["threshold"] for k, e in evals.items()}
+    thresholds = {k: e["protocol"]["threshold"] for k, e in evals.items()}
+    rules = {e["protocol"]["threshold_rule"] for e in evals.values()}
     line = protocol_line(first["protocol"])
-    if tune_threshold:
-        line = line.split(", threshold")[0] + f", threshold {first['protocol']['threshold_rule']}"
+    if len(set(thresholds.values())) > 1 or len(rules) > 1:  # each model's own (tuned) rule
+        protocol["thresholds"] = thresholds
+        protocol["threshold_rules"] = {k: e["protocol"]["threshold_rule"] for k, e in
+                                       evals.items()}
+        shown = "; ".join(f"{k} {t:g}" for k, t in thresholds.items())
+        rule = next(iter(rules)) if len(rules) == 1 else "each bundle's own rule"
+        line = line.split(", threshold")[0] + f", thresholds {rule}: {shown}"
     rows = table_rows(evals)
     cal_rows = calibration_rows(labels, dirs, dataset, split, calibration)
+    warning = ranking_warning(first["data"]["n_visits"])
+    paired = {}
+    if reference is not None:
+        paired = {k: paired_differences(e, evals[reference]) for k, e in evals.items()
+                  if k != reference}
     table = {"protocol": protocol, "protocol_line": line, "data": first["data"], "rows": rows,
-             "metrics": list(METRICS), "calibration": cal_rows}
+             "metrics": list(METRICS), "calibration": cal_rows,
+             "warnings": [warning] if warning else [], "reference": reference, "paired": paired}
+    text = markdown(rows, line)
+    if paired:
+        text += "\n" + paired_markdown(paired, reference)
+    if warning:
+        text += f"\nWarning: {warning}.\n"
+    text += calibration_markdown(cal_rows, split)
     with atomic_dir(out, force=force) as tmp:
         for label, ev in evals.items():
             (tmp / "evals").mkdir(exist_ok=True)
             write_json(tmp / "evals" / f"{label.replace('/', '__')}.json", ev)
         write_json(tmp / "table.json", table)
-        (tmp / "table.md").write_text(markdown(rows, line) + calibration_markdown(cal_rows, split))
+        (tmp / "table.md").write_text(text)
         figures = _figures(rows, evals, tmp / "figures")
         figures.append(_reliability_figure(cal_rows, tmp / "figures"))
         page = _html(rows, line, first["data"], figures, _cal_html(cal_rows))

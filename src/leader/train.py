@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,9 @@ class TrainConfig(Config):
     )
     patience: int = option(10, "Validations without a better PRAUC before stopping.", ge=1)
     seed: int = option(42, "Seed of initialisation and data order.")
+    threads: int | None = option(
+        None, "Torch threads per process on CPU (default: 1, or OMP_NUM_THREADS).", ge=1,
+        identity=False)
     max_grad_norm: float | None = option(1.0, "Clip gradients to this norm.", gt=0, cli=False)
     log_every: int = option(10, "Optimiser steps between log records.", ge=1, cli=False,
                             identity=False)
@@ -69,7 +73,20 @@ class FitContext:
     progress: bool = True
     on_step: Callable[[int], None] | None = None
     on_info: Callable[[str], None] | None = None  # one-line notes before training
+    on_eval: Callable[[int, float], None] | None = None  # (step, val PRAUC); a tuner prunes here
     teacher: Any = None  # leader.features.TeacherFeatures, for models that distill
+
+
+def default_threads() -> int:
+    """One torch thread per process on CPU unless ``OMP_NUM_THREADS`` says otherwise.
+
+    Small CPUs are usually shared (several processes or jobs), and then a second intra-op thread
+    only spins waiting for the other: on the shared 2-core machine (load ~5) a student step ran
+    at 12 samples/s with 2 threads against 187 with 1 (a 15x loss), see
+    benchmarks/results/student.md; the teacher measured the same (docs/teacher.md).
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
 
 class Task(Protocol):
@@ -343,6 +360,7 @@ class Run:
     run_dir: Path | None
     rank: int
     is_main: bool
+    on_eval: Callable[[int, float], None] | None = None
     state: LoopState = field(default_factory=LoopState)
     best: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -398,6 +416,8 @@ class Run:
             state.bad_evals += 1
         state.last_eval_step = state.step
         self.log({"step": state.step, "epoch": state.epoch, "val_prauc": score})
+        if self.on_eval is not None:
+            self.on_eval(state.step, score)
         self.checkpoint()
         return state.bad_evals >= config.patience
 
@@ -420,13 +440,19 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     set_seed(config.seed)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(config.threads or default_threads())
     module = task.module.to(accelerator.device)
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    # fused: one kernel for all parameters instead of ~10 ops per tensor (2.4x faster student
+    # steps on CPU with the wide path's large embedding); not for half precision on CPU
+    fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     wrapped, opt = accelerator.prepare(module, opt)
 
     # resume: the checkpoint's loop state, weights, optimiser and RNG
-    run = Run(task, module, opt, config, val_samples, context.run_dir, rank, is_main)
+    run = Run(task, module, opt, config, val_samples, context.run_dir, rank, is_main,
+              context.on_eval)
     run.resume()
     state = run.state
 

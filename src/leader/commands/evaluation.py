@@ -12,7 +12,8 @@ from rich.table import Table
 from leader.artifacts import write_json
 from leader.bundle import store_calibration
 from leader.cli import app
-from leader.commands.options import config_options, read_config_file
+from leader.commands.options import MaxDrugs, config_options, read_config_file
+from leader.commands.options import Threshold as OptThreshold
 from leader.commands.tables import fit_table, training_line
 from leader.configs import ConfigError
 from leader.evaluation import evaluate, fit_calibration, protocol_line
@@ -27,10 +28,10 @@ Rounds = Annotated[int, typer.Option(help="Resampling rounds.")]
 Frac = Annotated[float, typer.Option(help="Share of the split drawn per round (with replacement).")]
 Seed = Annotated[int, typer.Option(help="Seed of the resamples (same seed: same draws).")]
 Threshold = Annotated[float | None, typer.Option(
-    help="Probability at which a drug is recommended, for every model [default: 0.5].",
+    help="Fixed probability cut for every model [default: each bundle's own rule].",
     show_default=False)]
 Tune = Annotated[bool, typer.Option(
-    "--tune-threshold", help="Tune the threshold on the val split (best mean Jaccard).")]
+    "--tune-threshold", help="Tune the threshold on the val split now (best mean F1).")]
 
 
 def _metric_table(result: dict) -> Table:
@@ -111,8 +112,8 @@ def train_baseline_cmd(
     model_config: Annotated[Path | None, typer.Option(
         "--config", help="JSON settings of the model (its model.json `config`, or from "
         "`leader tune`).", show_default=False)] = None,
-    threshold: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")]
-    = 0.5,
+    threshold: OptThreshold = None,
+    max_drugs: MaxDrugs = None,
     force: Annotated[bool, typer.Option(
         help="Replace an existing MODEL_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
@@ -122,9 +123,9 @@ def train_baseline_cmd(
     model's own values.
     """
     result = fit_model(name, data, out, baseline_config(name, config, model_config),
-                       threshold=threshold, force=force)
+                       threshold=threshold, max_drugs=max_drugs, force=force)
     console.print(training_line(result), highlight=False)
-    console.print(fit_table(result, threshold))
+    console.print(fit_table(result))
 
 
 @app.command("compare")
@@ -138,15 +139,24 @@ def compare_cmd(
     seed: Seed = 0,
     threshold: Threshold = None,
     tune_threshold: Tune = False,
+    reference: Annotated[str | None, typer.Option(
+        help="Model (directory name) the others are compared with, round by round.",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing REPORT_DIR.")] = False,
     calibration: Annotated[str, typer.Option(
         help="For the calibration section: the method fitted on val for a model whose bundle "
         "has no calibration (none: show only the models' own probabilities).")] = "temperature",
 ) -> None:
-    """Evaluate several models on the same resamples; write tables, figures and report.html."""
+    """Evaluate several models on the same resamples; write tables, figures and report.html.
+
+    Without --threshold / --tune-threshold each model uses its bundle's rule (tuned on
+    validation when it was trained)."""
     from rich.progress import Progress
 
-    from leader.report import compare  # deferred on purpose: matplotlib is slow to import
+    from leader.report import (
+        compare,  # deferred on purpose: matplotlib is slow to import
+        paired_markdown,  # deferred with compare
+    )
     from leader.report import markdown as md  # deferred with compare
 
     with Progress(transient=True) as progress:
@@ -157,8 +167,12 @@ def compare_cmd(
 
         table = compare(data, models, out, rounds, frac, seed, threshold, tune_threshold, split,
                         force, on_model=lambda label: (step(label), progress.advance(task)),
-                        calibration=calibration)
+                        calibration=calibration, reference=reference)
     typer.echo(md(table["rows"], table["protocol_line"]))  # plain: Markdown must not wrap
+    if table["paired"]:
+        typer.echo(paired_markdown(table["paired"], reference))
+    for warning in table["warnings"]:
+        typer.echo(f"warning: {warning}")
     console.print(f"wrote {out}/report.html")
 
 

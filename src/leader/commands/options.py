@@ -104,8 +104,18 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise LeaderError(f"--config {path}: not valid JSON ({str(e)[:120]})") from None
-    if isinstance(raw, dict) and isinstance(raw.get("config"), dict) and "name" in raw:
-        raw = raw["config"]  # a model.json
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict) and (
+        "name" in raw or "model" in raw
+    ):
+        raw = raw["config"]  # a bundle's model.json, or a `leader tune` result
     if not isinstance(raw, dict):
         raise LeaderError(f"--config {path}: expected a JSON object of settings")
     return raw
+
+
+# the decision rule, the same three commands take it (train-teacher, distill, train-baseline)
+Threshold = Annotated[float | None, typer.Option(
+    help="Fixed decision threshold (default: tuned on validation, the best mean F1).",
+    show_default=False)]
+MaxDrugs = Annotated[int | None, typer.Option(
+    help="Recommend at most this many drugs per visit.", show_default=False)]

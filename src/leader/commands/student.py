@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from leader.cli import app
-from leader.commands.options import config_options
+from leader.commands.options import MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.student import StudentConfig
 from leader.pipelines import fit_model
@@ -30,7 +30,8 @@ def distill_cmd(
             show_default=False,
         ),
     ] = None,
-    threshold: Annotated[float, typer.Option(help="Decision threshold of the bundle.")] = 0.5,
+    threshold: Threshold = None,
+    max_drugs: MaxDrugs = None,
     force: Annotated[
         bool,
         typer.Option(help="Replace an existing MODEL_DIR / discard a checkpoint of other options."),
@@ -38,7 +39,8 @@ def distill_cmd(
 ) -> None:
     """Distill the LEADER student; rerun the same command to resume after a kill."""
     result = fit_model("student", data, out, config, teacher=teacher, threshold=threshold,
-                       force=force)
+                       max_drugs=max_drugs, force=force)
     cfg = result.model.config
-    console.print(f"{training_line(result)}; α {cfg.alpha:g}, β {cfg.beta:g}", highlight=False)
-    console.print(fit_table(result, threshold))
+    console.print(f"{training_line(result)}; preset {cfg.preset}, α {cfg.alpha:g}, "
+                  f"β {cfg.beta:g}", highlight=False)
+    console.print(fit_table(result))

@@ -8,11 +8,13 @@ from leader.metrics import METRIC_LABELS, METRICS
 from leader.pipelines import FitResult
 
 
-def fit_table(result: FitResult, threshold: float) -> Table:
+def fit_table(result: FitResult) -> Table:
     """Validation and test point metrics of a fitted model, a teacher's beside a student's."""
     name = result.model.name
+    rule = result.rule
     table = Table(title=f"{name} → {result.out}", title_justify="left",
-                  caption=f"point estimates on the whole split, threshold {threshold:g}")
+                  caption=f"point estimates on the whole split, threshold "
+                  f"{rule['threshold']:.2f} ({rule['threshold_rule']})")
     table.add_column("metric", style="bold")
     columns = [(f"{name} {split}", result.metrics[split]) for split in ("val", "test")
                if split in result.metrics]

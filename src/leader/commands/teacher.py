@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leader.cli import app
-from leader.commands.options import config_options
+from leader.commands.options import MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.teacher import TeacherConfig
 from leader.pipelines import export_features, fit_model
@@ -83,13 +83,15 @@ def train_teacher_cmd(
     export: Annotated[bool, typer.Option(
         "--export-features/--no-export-features",
         help="Export the features in the same pass that scores val/test.")] = True,
-    threshold: Annotated[float, typer.Option(help="Decision threshold of the bundle.")] = 0.5,
+    threshold: Threshold = None,
+    max_drugs: MaxDrugs = None,
     force: Annotated[bool, typer.Option(
         help="Replace an existing TEACHER_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
     """Fine-tune the LEADER teacher (LoRA + drug layer); rerun the same command to resume."""
     result = fit_model(
-        "teacher", data, out, config, threshold=threshold, force=force, export=export,
+        "teacher", data, out, config, threshold=threshold, max_drugs=max_drugs, force=force,
+        export=export,
         on_info=lambda line: console.print(f"[dim]{line}[/dim]", highlight=False),
     )
     summary = result.training
@@ -97,7 +99,7 @@ def train_teacher_cmd(
     console.print(f"prompts built {summary['prompts_built']}, shortened to fit "
                   f"{summary['prompts_shortened']}; padding share {summary['padding_share']}",
                   highlight=False)
-    console.print(fit_table(result, threshold))
+    console.print(fit_table(result))
     if "features" in result.notes:
         console.print(f"features in {result.notes['features']['dir']}")
 

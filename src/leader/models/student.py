@@ -4,58 +4,95 @@ Read top to bottom:
 
 1. Each code type (diagnoses, procedures, drugs) has its OWN embedding table (the reference code
    shares one table, so codes of different types collide).
-2. Per visit, a set encoder (a small transformer, no positions: a set has no order) turns each
-   code set into one vector by masked mean pooling. Empty sets (a visit without procedures,
-   padding visits) never enter the transformer: their vector is zero, so no NaNs.
+2. Per visit, a set encoder (a small transformer, no positions: a set has no order; or the plain
+   mean of the embeddings) turns each code set into one vector by masked mean pooling. Empty
+   sets (a visit without procedures, padding visits) never enter the transformer: their vector
+   is zero, so no NaNs.
 3. The drug stream is shifted by one visit (the collate does that): visit t sees the drugs of
    visit t-1. The patient's first visit has no earlier drugs, so the PROFILE vector (one
    embedding per profile field, concatenated, then linear) stands in for them. This is what lets
    a first-visit patient get a real, profile-dependent prediction.
-4. A visit-level transformer per stream over the last K visits (right-aligned, the current
-   visit is always last; learned position embeddings count back from the current visit), masked
-   mean over visits, concatenation (3·d), MLP 3d → 128 → |drugs|, sigmoid.
+4. A visit-level transformer over the last K visits (right-aligned, the current visit is always
+   last), masked mean over visits, concatenation (3·d), MLP 3d → 128 → |drugs|. The reference
+   shares one visit transformer between the three streams and gives it no positions.
+5. The default preset adds a wide path (logistic-regression features straight to the logits)
+   and starts the output bias at the training log-odds; ``preset="reference"`` is the paper's
+   code (see PRESETS and docs/student.md).
 
-The 128-d hidden layer of the MLP is the "student feature" that distillation pulls towards the
-teacher's hidden state (see :mod:`leader.distill`).
+The MLP's 128-d hidden value before its activation is the "student feature" that distillation
+pulls towards the teacher's hidden state (see :mod:`leader.distill`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import numpy as np
 import torch
 from torch import nn
 
+from leader.artifacts import read_json
 from leader.configs import Config, ConfigError, option
 from leader.data import sources
-from leader.data.dataset import Dataset
+from leader.data.dataset import Dataset, Schema
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
 from leader.data.vocab import CODE_KINDS
-from leader.distill import bce_loss, feature_loss, info_nce
+from leader.distill import FEATURE_LOSSES, bce_loss, feature_loss, info_nce
 from leader.errors import LeaderError
-from leader.models.base import MedModel, register
+from leader.models.base import MODEL_CONFIG, MedModel, register, start_from_frequencies
 from leader.train import FitContext, TrainConfig
 
-BUCKET = 128  # sets per transformer call in large batches (sorted by size: less padding)
+KINDS = CODE_KINDS
 # LEADER's reference weights (alpha distillation, beta alignment) come from the data source's
 # module (leader.data.sources); a source without them takes MIMIC-III's
 FALLBACK_SOURCE = "mimic3"
+# What each preset changes from the config's defaults; settings given explicitly win.
+PRESETS: dict[str, dict[str, Any]] = {
+    "leader": {},
+    "reference": {"wide": False, "frequency_bias": False, "set_encoder": "transformer"},
+}
 
 
 @dataclass
 class StudentConfig(Config):
-    """LEADER(S): its architecture, the distillation weights and its training settings."""
+    """LEADER(S): the preset, its architecture, the distillation and alignment settings, and
+    the training settings. Build it with :meth:`from_dict` (the CLI, bundles, ``--config``) so
+    that a ``preset`` fills every setting not given explicitly."""
 
+    preset: str = option("leader", "leader (this project's default) or reference (the paper's "
+                         "code; docs/student.md lists the differences).",
+                         choices=tuple(PRESETS))
     dim: int = option(64, "Code and visit embedding size d.", ge=1)
     hidden: int = option(128, "The MLP's hidden layer: the feature distillation aligns.", ge=1)
+    set_encoder: str = option("mean", "Per-visit code sets: mean of the embeddings, or a "
+                              "transformer (reference).", choices=("mean", "transformer"))
     set_layers: int = option(1, "Transformer layers of each per-visit set encoder.", ge=1)
-    visit_layers: int = option(1, "Transformer layers of each visit-level encoder.", ge=1)
+    visit_layers: int = option(1, "Transformer layers of the visit-level encoder.", ge=1)
     heads: int = option(4, "Attention heads (must divide dim).", ge=1)
-    ff: int = option(128, "Transformer feed-forward width.", ge=1)
-    dropout: float = option(0.1, "Dropout.", ge=0, le=1)
+    ff: int = option(300, "Transformer feed-forward width.", ge=1)
+    dropout: float = option(0.4, "Dropout of the transformer blocks and the MLP.", ge=0, le=1)
+    attention_dropout: float = option(0.1, "Dropout on the attention weights.", ge=0, le=1)
+    norm_first: bool = option(True, "Pre-norm transformer blocks (the reference).")
+    activation: str = option("gelu", "Activation of the transformer blocks.",
+                             choices=("gelu", "relu"))
+    shared_visit_encoder: bool = option(True, "One visit-level transformer for the three "
+                                        "streams (the reference).")
+    visit_positions: bool = option(False, "Learned positions counting back from the current "
+                                   "visit (the reference has none).")
+    feature_before_activation: bool = option(True, "The distilled feature is the MLP's value "
+                                             "before its activation (the reference).")
+    wide: bool = option(True, "A direct linear path from the current codes, previous drugs and "
+                        "profile to the logits.")
+    wide_dropout: float = option(0.0, "Drop each input code of the wide path in training.",
+                                 ge=0, le=0.99)
+    wide_scale: float = option(4.0, "Wide logits = scale x weights (Adam moves them scale x "
+                               "faster).", gt=0)
+    wide_l2: float = option(1e-3, "L2 on the wide path's logit weights, per drug.", ge=0)
+    frequency_bias: bool = option(True, "Start the output bias at each drug's training "
+                                  "log-odds.")
     max_visits: int = option(10, "Last K visits the student reads.", ge=1)
     max_codes: int = option(64, "Codes kept per visit and kind.", ge=1)
     use_profile: bool = option(
@@ -68,11 +105,19 @@ class StudentConfig(Config):
     beta: float | None = option(
         None, "Weight of profile alignment (default: 0.005 MIMIC-III, 0.01 MIMIC-IV).", ge=0
     )
-    temperature: float = option(0.1, "InfoNCE temperature.", gt=0)
+    distill_loss: str = option("mse", "Feature distillation loss: mse, or cosine (1 - cosine "
+                               "similarity).", choices=FEATURE_LOSSES)
+    standardize: bool = option(True, "Standardize the teacher's features per dimension with "
+                               "training-split statistics.")
+    align_temperature: float = option(1.0, "Profile-alignment InfoNCE temperature.", gt=0)
+    align_projection: int = option(64, "A d -> N projection on each side before InfoNCE "
+                                   "(0: none).", ge=0)
+    align_sum: bool = option(True, "Sum the two InfoNCE directions (the reference); off: their "
+                             "mean.")
     online: bool = option(
         False, "Run the teacher inside each step instead of reading exported features."
     )
-    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=50, lr=5e-4))
+    train: TrainConfig = option(factory=lambda: TrainConfig(epochs=50, lr=3e-3))
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -90,9 +135,17 @@ class StudentConfig(Config):
         )
 
     @classmethod
+    def from_dict(cls, raw: Any, where: str | None = None) -> Self:
+        """The preset's settings first, then those given (which win)."""
+        if isinstance(raw, dict):
+            raw = cls.upgrade(dict(raw))
+            raw = {**PRESETS.get(raw.get("preset", "leader"), {}), **raw}
+        return super().from_dict(raw, where)
+
+    @classmethod
     def upgrade(cls, raw: dict[str, Any]) -> dict[str, Any]:
-        """Bundles of leader 0.1 kept the distillation and training options under
-        ``training`` (with the threshold, which now lives in the bundle manifest)."""
+        """Settings of leader 0.1: the distillation and training options under ``training``
+        (with the threshold, which now lives in the bundle manifest) and ``temperature``."""
         old = raw.pop("training", None)
         if isinstance(old, dict):
             for key in ("alpha", "beta", "temperature", "online"):
@@ -100,45 +153,62 @@ class StudentConfig(Config):
                     raw.setdefault(key, old[key])
             train = {k: v for k, v in old.items() if k in TrainConfig.__dataclass_fields__}
             raw.setdefault("train", train)
+        if "temperature" in raw:
+            raw.setdefault("align_temperature", raw.pop("temperature"))
         return raw
 
+
 # the config fields that shape StudentModule
-ARCHITECTURE = ("dim", "hidden", "set_layers", "visit_layers", "heads", "ff", "dropout",
-                "max_visits", "use_profile")
+ARCHITECTURE = ("dim", "hidden", "set_layers", "visit_layers", "heads", "ff", "set_encoder",
+                "dropout", "attention_dropout", "norm_first", "activation",
+                "shared_visit_encoder", "visit_positions", "feature_before_activation", "wide",
+                "wide_dropout", "wide_scale", "max_visits", "use_profile")
 
 
-def _encoder(d: int, heads: int, ff: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(d, heads, ff, dropout, batch_first=True)
+def _encoder(
+    d: int, heads: int, ff: int, layers: int, dropout: float, attention_dropout: float,
+    norm_first: bool, activation: str,
+) -> nn.TransformerEncoder:
+    if activation not in ("gelu", "relu"):
+        raise LeaderError(f"student activation {activation!r}: expected gelu or relu")
+    layer = nn.TransformerEncoderLayer(
+        d, heads, ff, dropout, activation=activation, batch_first=True, norm_first=norm_first
+    )
+    layer.self_attn.dropout = attention_dropout  # torch's block has one rate; the reference two
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
 class SetEncoder(nn.Module):
-    """Code ids [..., L] (0 = padding) → one vector per set [..., d]; empty sets give zeros."""
+    """Code ids [..., L] (0 = padding) → one vector per set [..., d]; empty sets give zeros.
 
-    def __init__(self, vocab_size: int, d: int, heads: int, ff: int, layers: int, dropout: float):
+    All non-empty sets of a batch go through the transformer in ONE call (padding columns that
+    no set uses are trimmed): many small calls cost more in overhead than the padding they save.
+    """
+
+    def __init__(self, vocab_size: int, d: int, layers: int, kind: str, **block: Any):
         super().__init__()
+        if kind not in ("transformer", "mean"):
+            raise LeaderError(f"student set_encoder {kind!r}: expected transformer or mean")
         self.dim = d
         self.embed = nn.Embedding(vocab_size, d, padding_idx=0)
-        self.encoder = _encoder(d, heads, ff, layers, dropout)
+        # "mean": the codes' embeddings averaged, no interaction between codes (cheaper)
+        self.encoder = _encoder(d, layers=layers, **block) if kind == "transformer" else None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lead = ids.shape[:-1]
         flat = ids.reshape(-1, ids.shape[-1])
         present = flat > 0
-        nonempty = present.any(-1)
+        sizes = present.sum(-1)
+        rows = (sizes > 0).nonzero().squeeze(-1)
         out = torch.zeros(flat.shape[0], self.dim, device=ids.device, dtype=self.embed.weight.dtype)
-        rows = nonempty.nonzero().squeeze(-1)
-        size = len(rows)
-        if size > 2 * BUCKET:  # a large batch: sort by set size so that little is padding
-            rows, size = rows[torch.argsort(present[rows].sum(-1), stable=True)], BUCKET
-        for start in range(0, len(rows), max(size, 1)):
-            chunk = rows[start : start + size]
-            x, m = flat[chunk], present[chunk]
-            width = int(m.any(0).nonzero().max()) + 1  # trim columns that are padding for all
-            x, m = x[:, :width], m[:, :width]
-            h = self.encoder(self.embed(x), src_key_padding_mask=~m)
+        if len(rows):
+            width = int(sizes.max())  # sets are left-packed by the collate
+            x, m = flat[rows, :width], present[rows, :width]
+            h = self.embed(x)
+            if self.encoder is not None:
+                h = self.encoder(h, src_key_padding_mask=~m)
             w = m.unsqueeze(-1).to(h.dtype)
-            out[chunk] = (h * w).sum(1) / w.sum(1)
+            out = out.index_copy(0, rows, (h * w).sum(1) / w.sum(1))
         return out.view(*lead, self.dim)
 
 
@@ -158,15 +228,67 @@ class ProfileEncoder(nn.Module):
 class VisitEncoder(nn.Module):
     """Visit vectors [B, V, d] (right-aligned, mask [B, V]) → one patient vector [B, d]."""
 
-    def __init__(self, max_visits: int, d: int, heads: int, ff: int, layers: int, dropout: float):
+    def __init__(self, max_visits: int, d: int, layers: int, positions: bool, **block: Any):
         super().__init__()
-        self.position = nn.Embedding(max_visits, d)  # index V-1 = the current visit
-        self.encoder = _encoder(d, heads, ff, layers, dropout)
+        # index V-1 = the current visit; the reference has no positions (a bag of visits)
+        self.position = nn.Embedding(max_visits, d) if positions else None
+        self.encoder = _encoder(d, layers=layers, **block)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(x + self.position.weight[-x.shape[1] :], src_key_padding_mask=~mask)
+        if self.position is not None:
+            x = x + self.position.weight[-x.shape[1] :]
+        h = self.encoder(x, src_key_padding_mask=~mask)
         w = mask.unsqueeze(-1).to(h.dtype)
         return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+class WidePath(nn.Module):
+    """Logits straight from the current visit's codes, the previous drugs and the profile.
+
+    The logistic-regression features (which beat the deep path alone on additive prescribing
+    rules) summed as per-code logit vectors; starts at zero, so training begins at the bias.
+    """
+
+    def __init__(
+        self,
+        sizes: dict[str, int],
+        profile_sizes: Sequence[int],
+        n_drugs: int,
+        dropout: float = 0.0,
+        scale: float = 1.0,
+    ):
+        super().__init__()
+        self.dropout, self.scale = dropout, scale
+        self.codes = nn.ModuleDict(
+            {k: nn.EmbeddingBag(sizes[k], n_drugs, mode="sum", padding_idx=0) for k in KINDS}
+        )
+        self.fields = nn.ModuleList(nn.Embedding(n, n_drugs) for n in profile_sizes)
+        for p in self.parameters():
+            nn.init.zeros_(p)
+
+    def forward(self, batch: CodeBatch) -> torch.Tensor:
+        current = {
+            "diagnoses": batch.diagnoses[:, -1],
+            "procedures": batch.procedures[:, -1],
+            "drugs": batch.prev_drugs[:, -1],
+        }
+        out = sum(self.codes[k](ids, per_sample_weights=self._keep(ids)) for k, ids in
+                  current.items())
+        for i, emb in enumerate(self.fields):
+            out = out + emb(batch.profile[:, i])
+        return out * self.scale
+
+    def penalty(self) -> torch.Tensor:
+        """Sum of squared effective weights over drugs, averaged per drug (as BCE averages)."""
+        total = sum((p * self.scale).pow(2).sum() for p in self.parameters())
+        return total / self.codes["drugs"].weight.shape[1]
+
+    def _keep(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Input-code dropout weights (1/(1-p) for kept codes), or None outside training."""
+        if not self.training or self.dropout <= 0:
+            return None
+        keep = torch.rand(ids.shape, device=ids.device) >= self.dropout
+        return keep.to(self.codes["drugs"].weight.dtype) / (1 - self.dropout)
 
 
 class StudentModule(nn.Module):
@@ -180,18 +302,32 @@ class StudentModule(nn.Module):
         set_layers: int = 1,
         visit_layers: int = 1,
         heads: int = 4,
-        ff: int = 128,
-        dropout: float = 0.1,
+        ff: int = 300,
+        set_encoder: str = "transformer",
+        dropout: float = 0.4,
+        attention_dropout: float = 0.1,
+        norm_first: bool = True,
+        activation: str = "gelu",
+        shared_visit_encoder: bool = True,
+        visit_positions: bool = False,
+        feature_before_activation: bool = True,
+        wide: bool = False,
+        wide_dropout: float = 0.0,
+        wide_scale: float = 1.0,
         max_visits: int = 10,
         use_profile: bool = True,
         **_: Any,
     ):
         super().__init__()
         self.n_drugs = n_drugs
+        block = dict(
+            d=dim, heads=heads, ff=ff, dropout=dropout, attention_dropout=attention_dropout,
+            norm_first=bool(norm_first), activation=activation,
+        )
         self.sets = nn.ModuleDict(
             {
-                kind: SetEncoder(sizes[kind], dim, heads, ff, set_layers, dropout)
-                for kind in CODE_KINDS
+                kind: SetEncoder(sizes[kind], layers=set_layers, kind=set_encoder, **block)
+                for kind in KINDS
             }
         )
         self.use_profile = bool(use_profile) and len(profile_sizes) > 0
@@ -199,14 +335,20 @@ class StudentModule(nn.Module):
             self.profile = ProfileEncoder(profile_sizes, dim)
         else:
             self.no_record = nn.Parameter(torch.randn(dim) * 0.02)
+        streams = ("shared",) if shared_visit_encoder else KINDS
         self.visits = nn.ModuleDict(
             {
-                kind: VisitEncoder(max_visits, dim, heads, ff, visit_layers, dropout)
-                for kind in CODE_KINDS
+                s: VisitEncoder(max_visits, layers=visit_layers, positions=visit_positions, **block)
+                for s in streams
             }
         )
-        self.mlp = nn.Sequential(nn.Linear(3 * dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.to_hidden = nn.Linear(3 * dim, hidden)
+        self.after = nn.Sequential(nn.ReLU(), nn.Dropout(dropout))
+        self.feature_before_activation = bool(feature_before_activation)
         self.head = nn.Linear(hidden, n_drugs)
+        self.wide = (
+            WidePath(sizes, profile_sizes, n_drugs, wide_dropout, wide_scale) if wide else None
+        )
 
     def profile_vector(self, profile: torch.Tensor) -> torch.Tensor:
         """The pseudo drug record of a first visit, [B, d]."""
@@ -227,8 +369,15 @@ class StudentModule(nn.Module):
         packed = torch.where(present, ids, torch.zeros_like(ids)).gather(-1, order)
         return self.sets["drugs"](packed)
 
+    def encode_visits(self, streams: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The three visit streams [B, V, d] → [B, 3d]; a shared encoder runs them in one call."""
+        if "shared" in self.visits:
+            out = self.visits["shared"](torch.cat(streams), mask.repeat(len(streams), 1))
+            return torch.cat(out.chunk(len(streams)), dim=-1)
+        return torch.cat([self.visits[k](x, mask) for k, x in zip(KINDS, streams, strict=True)], -1)
+
     def forward(self, batch: CodeBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits [B, |drugs|], the 128-d feature [B, hidden], the profile vector [B, d]."""
+        """Logits [B, |drugs|], the distilled feature [B, hidden], the profile vector [B, d]."""
         keep = batch.visit_mask.any(0)  # drop visit columns that are padding for everyone
         first_col = int(keep.nonzero()[0]) if bool(keep.any()) else batch.visit_mask.shape[1] - 1
         mask = batch.visit_mask[:, first_col:]
@@ -238,16 +387,13 @@ class StudentModule(nn.Module):
         md = self.sets["drugs"](batch.prev_drugs[:, first_col:])
         first = batch.first_visit[:, first_col:].unsqueeze(-1)
         md = torch.where(first, profile.unsqueeze(1).to(md.dtype), md)
-        patient = torch.cat(
-            [
-                self.visits["diagnoses"](dx, mask),
-                self.visits["procedures"](px, mask),
-                self.visits["drugs"](md, mask),
-            ],
-            dim=-1,
-        )
-        feature = self.mlp(patient)
-        return self.head(feature), feature, profile
+        patient = self.encode_visits([dx, px, md], mask)
+        pre = self.to_hidden(patient)
+        post = self.after(pre)
+        logits = self.head(post)
+        if self.wide is not None:
+            logits = logits + self.wide(batch)
+        return logits, (pre if self.feature_before_activation else post), profile
 
 
 # --- distillation: the training task ------------------------------------------------------------
@@ -273,12 +419,19 @@ class DistillModule(nn.Module):
     alone.
     """
 
-    def __init__(self, student: StudentModule, teacher_size: int | None, align: bool):
+    def __init__(
+        self, student: StudentModule, teacher_size: int | None, align: bool, projection: int = 0
+    ):
         super().__init__()
         self.student = student
         self.align = align
         hidden = student.head.in_features
         self.projector = nn.Linear(hidden, teacher_size) if teacher_size else None
+        # the reference projects both sides of the alignment (d -> 64) before InfoNCE
+        d = student.sets["drugs"].dim
+        project = align and projection > 0
+        self.align_profile = nn.Linear(d, projection) if project else nn.Identity()
+        self.align_target = nn.Linear(d, projection) if project else nn.Identity()
 
     def forward(self, code: CodeBatch) -> dict[str, torch.Tensor]:
         logits, feature, profile = self.student(code)
@@ -286,12 +439,14 @@ class DistillModule(nn.Module):
         if self.projector is not None:
             out["projected"] = self.projector(feature)
         if self.align:
-            out["target_set"] = self.student.encode_drug_set(code.target)
+            out["profile"] = self.align_profile(profile)
+            out["target_set"] = self.align_target(self.student.encode_drug_set(code.target))
         return out
 
 
 class DistillTask:
-    """BCE + α · feature MSE + β · profile InfoNCE, as a :class:`leader.train.Task`.
+    """BCE (+ the wide path's L2) + α · feature loss + β · profile InfoNCE, as a
+    :class:`leader.train.Task`.
 
     ``teacher`` gives the teacher's hidden states of training samples
     (:class:`leader.features.TeacherFeatures`); validation batches need none.
@@ -304,11 +459,11 @@ class DistillTask:
             raise ConfigError("alpha", "feature distillation needs the teacher's features")
         if student.module is None:
             student.build()
-        self.temperature = cfg.temperature
+        self.cfg = cfg
         self.student = student
         self.teacher = teacher
         size = teacher.size if teacher is not None else None
-        self.module = DistillModule(student.module, size, align=self.beta > 0)
+        self.module = DistillModule(student.module, size, self.beta > 0, cfg.align_projection)
 
     def collate(self, samples: Sequence[Sample]) -> DistillBatch:
         code = self.student.encoder.collate(samples)
@@ -322,15 +477,19 @@ class DistillTask:
         target = batch.code.target
         bce = bce_loss(out["logits"], target)
         total, logs = bce, {"bce": float(bce.detach())}
+        wide = self.student.module.wide
+        if wide is not None and self.cfg.wide_l2 > 0:
+            total = total + self.cfg.wide_l2 * wide.penalty()
         if "projected" in out and self.alpha > 0:
             if batch.teacher is None:
                 raise LeaderError("a training batch has no teacher features")
-            mse = feature_loss(out["projected"], batch.teacher)
+            mse = feature_loss(out["projected"], batch.teacher, self.cfg.distill_loss)
             total = total + self.alpha * mse
             logs["mse"] = float(mse.detach())
         if "target_set" in out:
             valid = target.sum(-1) > 0
-            align = info_nce(out["profile"], out["target_set"], self.temperature, valid=valid)
+            align = info_nce(out["profile"], out["target_set"], self.cfg.align_temperature,
+                             valid=valid, summed=self.cfg.align_sum)
             total = total + self.beta * align
             logs["align"] = float(align.detach())
         return total, logs
@@ -394,9 +553,22 @@ class Student(MedModel):
             )
         torch.manual_seed(self.config.train.seed)  # the initial weights are part of the run
         self.build()
+        if self.config.frequency_bias:
+            start_from_frequencies(self.module.head.bias, data)
         self.run_loop(DistillTask(self, context.teacher), data, context)
         self.module.eval()
         return self
+
+    @classmethod
+    def load(cls, directory: Path, schema: Schema) -> Self:
+        """Refuse, clearly, a bundle saved before presets existed (other layers and names)."""
+        raw = read_json(directory / MODEL_CONFIG)
+        if not isinstance(raw, dict) or "preset" not in (raw.get("config") or {}):
+            raise LeaderError(
+                f"{directory}: a student bundle from an older leader (no 'preset' in its "
+                "config); train it again with `leader distill`"
+            )
+        return super().load(directory, schema)
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample], batch_size: int = 512) -> np.ndarray:

@@ -34,6 +34,7 @@ from leader.prompts import DEFAULT_HISTORY, Prompt, PromptBuilder, PromptStats
 from leader.train import (
     FitContext,
     TrainConfig,
+    default_threads,
     load_trainable_state,
     predict_in_batches,
     sorted_batches,
@@ -76,8 +77,6 @@ class TeacherConfig(Config):
     train_layers: int | None = option(None, "LoRA on the top K blocks only; the frozen lower "
                                       "blocks' output is cached (a departure from the paper, "
                                       "for small machines). Default: all blocks.", ge=1)
-    threads: int | None = option(1, "Torch threads per process on CPU (1: processes share "
-                                 "small CPUs).", ge=1, identity=False)
     margin_weight: float = option(0.0, "Weight of a multi-label margin loss added to BCE.", ge=0)
     predict_batch_size: int = option(16, "Prompts per forward pass when scoring.", ge=1,
                                      identity=False)
@@ -385,7 +384,7 @@ class Teacher(MedModel):
         """Load the backbone, add the adapter and drug layer (refuses a bad llm or length)."""
         cfg = self.config
         device = default_device()
-        set_threads(cfg.threads, device)
+        set_threads(cfg.train.threads or default_threads(), device)
         cfg.llm = normalize_spec(cfg.llm)
         self.dtype = choose_dtype(cfg.dtype, device)
         llm = resolve_llm(cfg.llm, self.dtype, cfg.quantize)
