@@ -329,12 +329,14 @@ def test_cosine_feature_loss_and_summed_projected_alignment(tiny_data):
     assert info_nce(x, y, 1.0, summed=True).item() == pytest.approx(
         2 * info_nce(x, y, 1.0).item(), rel=1e-5)
     table = random_features(tiny_data.samples("train"))
-    reference = Student(tiny_data.schema, {"preset": "reference"})
-    task = DistillTask(reference, 0.5, 0.01, teacher=table, distill_loss="cosine")
-    assert task.temperature == 1.0 and task.align_sum and task.distill_loss == "cosine"
+    reference = Student(tiny_data.schema, {"preset": "reference", "alpha": 0.5, "beta": 0.01,
+                                           "distill_loss": "cosine"})
+    task = DistillTask(reference, teacher=table)
+    cfg = task.cfg
+    assert cfg.align_temperature == 1.0 and cfg.align_sum and cfg.distill_loss == "cosine"
     assert task.module.align_profile.out_features == 64
     assert task.module.align_target.out_features == 64
-    no_proj = Student(tiny_data.schema, {"align_projection": 0})
-    assert isinstance(DistillTask(no_proj, 0, 0.01).module.align_profile, torch.nn.Identity)
-    with pytest.raises(LeaderError, match="--distill-loss"):
-        DistillOptions(distill_loss="l1").resolved("mimic3")
+    no_proj = Student(tiny_data.schema, {"align_projection": 0, "alpha": 0.0, "beta": 0.01})
+    assert isinstance(DistillTask(no_proj).module.align_profile, torch.nn.Identity)
+    with pytest.raises(LeaderError, match="distill_loss: expected one of mse, cosine"):
+        StudentConfig(distill_loss="l1")

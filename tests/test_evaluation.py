@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+import leader
 from leader.artifacts import atomic_dir
 from leader.bundle import save_bundle
 from leader.data.dataset import Dataset, write_dataset
@@ -74,7 +75,7 @@ def test_threshold_rules(bundles, tiny_data):
     assert tuned["metrics"]["avg_meds"]["mean"] > 0
     fixed = evaluate(bundles["popular"], tiny_data, threshold=0.2)
     assert fixed["protocol"]["threshold"] == 0.2
-    with pytest.raises(LeaderError, match="one or the other"):
+    with pytest.raises(LeaderError, match="not both"):
         evaluate(bundles["popular"], tiny_data, threshold=0.2, tune_threshold=True)
     with pytest.raises(LeaderError, match="between 0 and 1"):
         evaluate(bundles["popular"], tiny_data, threshold=1.5)
@@ -164,14 +165,14 @@ def test_decide_threshold_reads_validation_never_test(tiny_data):
 
 
 def test_the_bundle_rule_is_used_by_default(tiny_data, tmp_path):
-    from leader.bundle import load, save_bundle
+    from leader.bundle import save_bundle
     from leader.evaluation import decide_threshold
     from leader.models.baselines.popular import Popular
 
     model = Popular(tiny_data.schema).fit(tiny_data)
     rule = decide_threshold(model, tiny_data, max_drugs=2)
     out = save_bundle(model, tmp_path / "pop", rule=rule)
-    rec = load(out)
+    rec = leader.load(out)
     assert rec.threshold == rule["threshold"] and rec.max_drugs == 2
     r = evaluate(out, tiny_data)
     assert r["protocol"]["threshold"] == rule["threshold"]

@@ -214,11 +214,11 @@ def test_each_preset_and_flag_shapes_and_masking(tiny_data, config):
 
 
 def test_presets_differ_only_where_documented(tiny_data):
-    from leader.models.student import DEFAULTS, PRESETS, resolve_config
+    from leader.models.student import PRESETS
 
-    ref = resolve_config({"preset": "reference"})
-    default = resolve_config(None)
-    assert default == DEFAULTS and default["preset"] == "leader"
+    ref = StudentConfig.from_dict({"preset": "reference"}).to_dict()
+    default = StudentConfig().to_dict()
+    assert default == StudentConfig.from_dict({}).to_dict() and default["preset"] == "leader"
     changed = {k for k in ref if ref[k] != default[k]} - {"preset"}
     assert changed == set(PRESETS["reference"]) == {"wide", "frequency_bias", "set_encoder"}
     # the reference student itself: pre-norm GELU, ff 300, dropout 0.4 / 0.1, one shared visit
@@ -234,8 +234,8 @@ def test_presets_differ_only_where_documented(tiny_data):
     assert block.norm_first and block.linear1.out_features == 300
     assert block.dropout.p == 0.4 and block.self_attn.dropout == 0.1
     # an explicit key wins over the preset; an unknown preset is refused
-    assert resolve_config({"preset": "reference", "wide": True})["wide"] is True
-    with pytest.raises(LeaderError, match="preset 'nope'"):
+    assert StudentConfig.from_dict({"preset": "reference", "wide": True}).wide is True
+    with pytest.raises(LeaderError, match="preset: expected one of leader, reference, got 'nope'"):
         Student(tiny_data.schema, {"preset": "nope"})
 
 
@@ -252,12 +252,19 @@ def test_feature_is_taken_before_the_activation(tiny_data):
     assert (after >= 0).all()
 
 
+def one_step(student, data):
+    """One optimiser step that changes nothing (lr 1e-9): what fit sets up before training."""
+    cfg = student.config
+    student.config = cfg.replace(alpha=0.0, beta=0.0,
+                                 train=cfg.train.replace(max_steps=1, lr=1e-9))
+    student.fit(data, FitContext(progress=False))
+
+
 def test_wide_path_and_frequency_bias(tiny_data):
     from leader.data.samples import multi_hot
 
     student = make_student(tiny_data)
-    fit(student, tiny_data, DistillOptions(alpha=0, beta=0, max_steps=1, lr=1e-9,
-                                           progress=False))
+    one_step(student, tiny_data)
     freq = multi_hot([s.target for s in tiny_data.samples("train")], tiny_data.drugs).mean(0)
     freq = freq.clamp(1e-4, 1 - 1e-4)
     torch.testing.assert_close(student.module.head.bias, torch.log(freq / (1 - freq)),
@@ -277,7 +284,7 @@ def test_wide_path_and_frequency_bias(tiny_data):
             by_hand = by_hand + emb.weight[batch.profile[0, i]]
     torch.testing.assert_close(direct[0], by_hand * wide.scale)
     none = make_student(tiny_data, wide=False, frequency_bias=False)
-    fit(none, tiny_data, DistillOptions(alpha=0, beta=0, max_steps=1, lr=1e-9, progress=False))
+    one_step(none, tiny_data)
     assert none.module.wide is None
     assert not torch.allclose(none.module.head.bias, student.module.head.bias)
 

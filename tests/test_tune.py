@@ -6,7 +6,7 @@ import pytest
 
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
-from leader.tune import read_config, tune
+from leader.tune import tune
 
 
 @pytest.mark.slow
@@ -28,12 +28,9 @@ def test_tune_on_tiny_data_within_budget_never_reads_test(name, tiny_data_dir, t
     assert 0.0 <= result["best_val_prauc"] <= 1.0
     found = json.loads(out.read_text())
     assert found["model"] == name and found["config"]["dim"] in (64, 128)
-    config, options = read_config(out, name)
-    assert config == found["config"] and options == found["options"]
+    assert set(found["config"]["train"]) == {"lr", "epochs"}
     if name == "student":
-        assert set(options) == {"lr"}  # no teacher: α, β are not searched
-    with pytest.raises(LeaderError, match="not 'gamenet'"):
-        read_config(out, "gamenet")
+        assert found["config"]["alpha"] == 0.0 and "beta" not in found["config"]  # no teacher
     with pytest.raises(LeaderError, match="exists"):
         tune(name, tiny_data_dir, out, budget_minutes=0.1)
 
@@ -56,19 +53,18 @@ def test_distill_and_train_baseline_take_the_tuned_config(tiny_data_dir, tmp_pat
     leader.cli._register()
     runner = CliRunner()
     cfg = tmp_path / "student.json"
-    cfg.write_text(json.dumps({"model": "student", "config": {"dim": 32, "wide": False},
-                               "options": {"lr": 0.002}}))
+    cfg.write_text(json.dumps({"model": "student", "config": {"dim": 32, "wide": False,
+                                                              "train": {"lr": 0.002}}}))
     out = tmp_path / "s"
     r = runner.invoke(leader.cli.app, ["distill", "--data", str(tiny_data_dir), "--out", str(out),
                                        "--alpha", "0", "--max-steps", "3", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["dim"] == 32 and manifest["config"]["wide"] is False
-    assert manifest["config"]["training"]["lr"] == 0.002
+    assert manifest["config"]["train"]["lr"] == 0.002
     assert "tuned on the val split" in manifest["threshold_rule"]
     bcfg = tmp_path / "retain.json"
-    bcfg.write_text(json.dumps({"model": "retain", "config": {"dim": 32, "lr": 0.001},
-                                "options": {}}))
+    bcfg.write_text(json.dumps({"model": "retain", "config": {"dim": 32, "lr": 0.001}}))
     r = runner.invoke(leader.cli.app, ["train-baseline", "retain", "--data", str(tiny_data_dir),
                                        "--out", str(tmp_path / "r"), "--max-steps", "3",
                                        "--config", str(bcfg), "--threshold", "0.5"])

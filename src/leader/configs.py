@@ -116,7 +116,8 @@ class Config:
                 continue
             value = _coerce(f.name, value, _hints(type(self))[f.name])
             setattr(self, f.name, value)
-            _check_limits(f, value)
+            if value is not None:  # None is "not set" (checked by _coerce), never out of range
+                _check_limits(f, value)
         self.validate()
 
     def validate(self) -> None:
