@@ -153,10 +153,7 @@ def compare_cmd(
     validation when it was trained)."""
     from rich.progress import Progress
 
-    from leader.report import (
-        compare,  # deferred on purpose: matplotlib is slow to import
-        paired_markdown,  # deferred with compare
-    )
+    from leader.report import compare, paired_markdown  # deferred: matplotlib is slow to import
     from leader.report import markdown as md  # deferred with compare
 
     with Progress(transient=True) as progress:
