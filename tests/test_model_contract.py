@@ -67,7 +67,9 @@ def test_model_contract(name, synth_dir, tmp_path):
 
     damaged = tmp_path / "damaged"
     shutil.copytree(out, damaged)
-    (damaged / "model.json").write_text(json.dumps({"name": name, "config": {"nope": 1}}))
+    saved = json.loads((out / "model.json").read_text())
+    saved["config"]["nope"] = 1
+    (damaged / "model.json").write_text(json.dumps(saved))
     with pytest.raises(LeaderError, match="checksum"):
         leader.load(damaged)
     with pytest.raises(LeaderError, match="unknown setting 'nope'"):  # even unchecked

@@ -27,6 +27,9 @@ OPERATIONS = [
     ("GET", "/v1/health"),
     ("GET", "/v1/model"),
     ("GET", "/v1/vocab"),
+    ("GET", "/cds-services"),
+    ("POST", "/cds-services/{service_id}"),
+    ("POST", "/cds-services/{service_id}/feedback"),
 ]
 EXAMPLES = 40
 
@@ -60,7 +63,8 @@ def runs() -> list[tuple[str, str, str, GenerationMode]]:
     for config in ("open", "token"):
         for method, path in OPERATIONS:
             out.append((config, method, path, GenerationMode.POSITIVE))
-            if path != "/v1/health" and (path != "/v1/model" or config == "token"):
+            no_input = path == "/v1/health" or path.startswith("/cds-services")  # no body schema
+            if not no_input and (path != "/v1/model" or config == "token"):
                 out.append((config, method, path, GenerationMode.NEGATIVE))
     return out
 

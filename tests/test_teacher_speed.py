@@ -281,7 +281,7 @@ def test_metrics_from_the_export_pass_equal_a_separate_scoring_pass(small_dir, s
     assert any("fp32" in n for n in notes) and any("estimated peak" in n for n in notes)
     assert result.training["prompts"]["prompts"] > 0 and 0 <= result.training["padding_share"]
     rec = load(out)
-    separate = split_metrics(rec.model, small)
+    separate = split_metrics(rec.model, small, rec.threshold)
     for split in ("val", "test"):
         for key in ("jaccard", "f1", "prauc"):
             assert result.metrics[split][key] == pytest.approx(separate[split][key], abs=1e-6)

@@ -203,7 +203,8 @@ def fit_model(
                               f"({e.strerror or e})") from None
 
     t0 = time.perf_counter()
-    model.fit(data, FitContext(run_dir, progress, on_step, on_info, features))
+    model.fit(data, FitContext(run_dir, progress=progress, on_step=on_step, on_info=on_info,
+                               teacher=features))
     t1 = time.perf_counter()
     encoded = {}
     if export and main and hasattr(model, "encode"):  # one pass: metrics and features
@@ -259,8 +260,7 @@ def _notes(model: MedModel, teacher: Path | None, features: Any) -> dict[str, An
             "beta": model.config.beta,
             "online": model.config.online,
             "loss": model.config.distill_loss,
-            "standardized": bool(model.config.standardize and not model.config.online
-                                 and features is not None),
+            "standardized": bool(model.config.standardize and not model.config.online),
             "teacher": str(teacher) if features is not None else None,
             "teacher_hash": _teacher_hash(features, teacher),
         }

@@ -362,7 +362,7 @@ FHIR_BUNDLE = {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"fullUrl": {"type": "string", "pattern": "^urn:uuid:[0-9a-f-]+$"}},
+                "properties": {"fullUrl": {"type": "string"}},
                 "additionalProperties": False,
                 "description": "fullUrl, and a resource (a FHIR R4 resource object)",
             },

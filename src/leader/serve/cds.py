@@ -33,7 +33,7 @@ from leader.errors import LeaderError
 from leader.fhir import SKIPPED_STATUS, SYSTEMS, bundle_to_patient, parse_bundle
 from leader.fhir_out import NAMESPACE, recommendation_bundle
 from leader.patient import PatientReader, drug_code
-from leader.serve.schemas import ServeSettings
+from leader.serve.schemas import ErrorBody, ServeSettings
 
 log = logging.getLogger("leader.serve")
 SUMMARY_MAX = 140  # the specification wants summaries under 140 characters
@@ -321,6 +321,18 @@ def order_select_cards(
                       f"encounter (under {UNLIKELY_BELOW}); worth a second look, not an error.")
 
 
+CDS_ERRORS = {
+    400: "Invalid JSON, or a Host header not allowed",
+    401: "Missing or wrong bearer token",
+    404: "No such CDS service, or a hook it does not serve",
+    408: "Body not received in time",
+    412: "Prefetch missing (leader never queries a FHIR server)",
+    413: "Body over the size limit",
+    415: "Not a JSON content type",
+    422: "Valid JSON, but not a valid CDS Hooks request",
+}
+
+
 def cds_router(
     rec: Any,
     reader: PatientReader,
@@ -337,11 +349,15 @@ def cds_router(
         return Response(json.dumps(obj, separators=(",", ":"), allow_nan=False).encode(),
                         media_type="application/json")
 
-    @router.get("/cds-services", summary="CDS Hooks discovery")
+    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+        return {c: {"model": ErrorBody, "description": CDS_ERRORS[c]} for c in codes}
+
+    @router.get("/cds-services", summary="CDS Hooks discovery", responses=errors(400, 401, 422))
     def get_discovery() -> Response:
         return json_response(discovery())
 
-    @router.post("/cds-services/{service_id}", summary="Call a CDS Hooks service")
+    @router.post("/cds-services/{service_id}", summary="Call a CDS Hooks service",
+                 responses=errors(400, 401, 404, 408, 412, 413, 415, 422))
     async def call(service_id: str, request: Request) -> Response:
         if service_id not in SERVICES:
             raise HTTPException(404, f"no CDS service {service_id[:60]!r}; see GET /cds-services")
@@ -362,7 +378,8 @@ def cds_router(
             order_select_cards(rec, reader, result, context, current, cards, warnings)
         return json_response({"cards": cards.cards})
 
-    @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards")
+    @router.post("/cds-services/{service_id}/feedback", summary="Feedback on cards",
+                 responses=errors(400, 401, 404, 408, 413, 415, 422))
     async def feedback(service_id: str, request: Request) -> Response:
         if service_id not in SERVICES:
             raise HTTPException(404, f"no CDS service {service_id[:60]!r}; see GET /cds-services")
