@@ -244,6 +244,11 @@ def test_cli_writes_and_refuses_existing_output(tmp_path):
     [
         (["--format", "mimic5", "--patients", "10"], "--format"),
         (["--format", "mimic3", "--patients", "0"], "--patients"),
+        (["--format", "mimic3", "--patients", "10", "--generator", "nope"], "--generator"),
+        (["--format", "mimic3", "--patients", "10", "--without", "nope"], "nope"),
+        (["--format", "mimic3", "--patients", "10", "--rule-weight", "profile=x"], "profile"),
+        (["--format", "mimic3", "--patients", "10", "--generator", "additive", "--without",
+          "profile"], "--generator clinical"),
     ],
 )
 def test_bad_input_exits_2_and_leaves_nothing(tmp_path, args, message):
