@@ -116,3 +116,21 @@ def bundles(tiny_data, tmp_path_factory) -> dict[str, Path]:
     from helpers import make_bundles
 
     return make_bundles(tiny_data, tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="module")
+def rec(bundles):
+    """The ``ddi`` bundle loaded (a popular model whose top two classes interact)."""
+    import leader
+
+    return leader.load(bundles["ddi"])
+
+
+@pytest.fixture(scope="module")
+def client(rec):
+    """The REST app of ``rec`` with default settings, called as a loopback client."""
+    from fastapi.testclient import TestClient
+
+    from leader.serve import ServeSettings, create_app
+
+    return TestClient(create_app(rec, ServeSettings()), base_url="http://127.0.0.1")

@@ -130,6 +130,8 @@ def make_bundle() -> dict:
 
 # --- hostile input ---------------------------------------------------------------------------
 
+# every character Python's str.isdigit() accepts that int() does not (², ①, ...), and a sample
+# of the decimal digits of other scripts, which int() does accept
 NOT_ASCII_DIGITS = [
     *sorted(c for c in map(chr, range(0x80, 0x3000)) if c.isdigit() and not c.isdecimal())[:20],
     *map(chr, range(0x660, 0x66A)),  # Arabic-Indic 0-9

@@ -18,16 +18,6 @@ LOCAL = "http://127.0.0.1"  # the Host check admits loopback names only
 
 
 @pytest.fixture(scope="module")
-def rec(bundles):
-    return leader.load(bundles["ddi"])
-
-
-@pytest.fixture(scope="module")
-def client(rec):
-    return TestClient(create_app(rec, ServeSettings()), base_url=LOCAL)
-
-
-@pytest.fixture(scope="module")
 def small(rec):
     settings = ServeSettings(
         max_body_bytes=4096, max_batch=2, limits=Limits(max_visits=2, max_codes_per_visit=3)

@@ -31,25 +31,12 @@ from helpers import (
     simple_patient,
 )
 
-import leader
 from leader.fhir import ICD9
 from leader.serve import ServeSettings, create_app
 from leader.serve.server import protocol_class
 
 LOCAL = "http://127.0.0.1"
 TOKEN = "hostile-token-0123456789abcdef"
-# every character Python's str.isdigit() accepts that int() does not (², ①, ...), and a sample
-# of the decimal digits of other scripts, which int() does accept
-
-
-@pytest.fixture(scope="module")
-def rec(bundles):
-    return leader.load(bundles["ddi"])
-
-
-@pytest.fixture(scope="module")
-def client(rec):
-    return TestClient(create_app(rec, ServeSettings()), base_url=LOCAL)
 
 
 def post_json(client, path, body):
