@@ -39,6 +39,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 TOKEN = "benchmark-token-0123456789abcdef"
@@ -345,23 +347,39 @@ def soak(args, model: Path, port: int, server: subprocess.Popen) -> tuple[list[s
     return lines, ok
 
 
-def start_server(model: Path, port: int, token_file: Path) -> subprocess.Popen:
+@contextmanager
+def serving(model: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`leader serve` for ``model`` on a free loopback port with the bearer token, healthy
+    before this yields (port, process); stopped afterwards."""
     leader = Path(sys.executable).parent / "leader"
-    cmd = [str(leader), "serve", "--model", str(model), "--port", str(port)]
-    cmd += ["--token-file", str(token_file)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    with tempfile.TemporaryDirectory() as tmp:
+        token_file = Path(tmp) / "token"
+        token_file.write_text(TOKEN)
+        token_file.chmod(0o600)
+        port = free_port()
+        cmd = [str(leader), "serve", "--model", str(model), "--port", str(port),
+               "--token-file", str(token_file)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_healthy(proc, port)
+            yield port, proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
         try:
             status, _ = Client(port).request("GET", "/v1/health")
             if status == 200:
-                return proc
+                return
         except OSError:
             time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not become healthy within 120 s")
+    raise SystemExit(f"server did not become healthy within {seconds:g} s")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -391,63 +409,54 @@ def main() -> int:
     body = json.dumps(patient).encode()
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        token_file = Path(tmp) / "token"
-        token_file.write_text(TOKEN)
-        token_file.chmod(0o600)
-        port = free_port()
-        server = start_server(args.model, port, token_file)
-        try:
-            client = Client(port)
-            for _ in range(50):  # warm-up
-                status, _ = client.request("POST", path, body, headers)
-                assert status == 200, status
-            latencies = []
-            for _ in range(args.requests):
-                t0 = time.perf_counter()
-                status, _ = client.request("POST", path, body, headers)
-                latencies.append((time.perf_counter() - t0) * 1000)
-                assert status == 200, status
-
-            per_client = args.throughput_requests // args.clients
-            failures: list[int] = []
-
-            def worker() -> None:
-                c = Client(port)
-                for _ in range(per_client):
-                    status, _ = c.request("POST", path, body, headers)
-                    if status != 200:
-                        failures.append(status)
-
-            threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+    with serving(args.model) as (port, server):
+        client = Client(port)
+        for _ in range(50):  # warm-up
+            status, _ = client.request("POST", path, body, headers)
+            assert status == 200, status
+        latencies = []
+        for _ in range(args.requests):
             t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            throughput = per_client * args.clients / wall
+            status, _ = client.request("POST", path, body, headers)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            assert status == 200, status
 
-            cases = hostile_requests(patient)
-            statuses: Counter = Counter()
-            by_case: dict[str, Counter] = {}
-            hostile_client = Client(port)
-            t_hostile = time.perf_counter()
-            for i in range(args.hostile):
-                name, path, data, hdrs = cases[i % len(cases)]
-                try:
-                    status, _ = hostile_client.request("POST", path, data, hdrs)
-                except OSError:
-                    status = 0  # the server closed the connection on an oversize upload
-                statuses[status] += 1
-                by_case.setdefault(name, Counter())[status] += 1
-            hostile_s = time.perf_counter() - t_hostile
-            health_status, health = Client(port).request("GET", "/v1/health")
-            still_ok = health_status == 200 and json.loads(health)["status"] == "ok"
-            after, _ = Client(port).request("POST", "/v1/recommend", body, headers)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        per_client = args.throughput_requests // args.clients
+        failures: list[int] = []
+
+        def worker() -> None:
+            c = Client(port)
+            for _ in range(per_client):
+                status, _ = c.request("POST", path, body, headers)
+                if status != 200:
+                    failures.append(status)
+
+        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        throughput = per_client * args.clients / wall
+
+        cases = hostile_requests(patient)
+        statuses: Counter = Counter()
+        by_case: dict[str, Counter] = {}
+        hostile_client = Client(port)
+        t_hostile = time.perf_counter()
+        for i in range(args.hostile):
+            name, path, data, hdrs = cases[i % len(cases)]
+            try:
+                status, _ = hostile_client.request("POST", path, data, hdrs)
+            except OSError:
+                status = 0  # the server closed the connection on an oversize upload
+            statuses[status] += 1
+            by_case.setdefault(name, Counter())[status] += 1
+        hostile_s = time.perf_counter() - t_hostile
+        health_status, health = Client(port).request("GET", "/v1/health")
+        still_ok = health_status == 200 and json.loads(health)["status"] == "ok"
+        after, _ = Client(port).request("POST", "/v1/recommend", body, headers)
     load_after = os.getloadavg()
 
     five_xx = sum(n for s, n in statuses.items() if s >= 500)
@@ -489,17 +498,8 @@ def main() -> int:
 
 def main_soak(args) -> int:
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory() as tmp:
-        token_file = Path(tmp) / "token"
-        token_file.write_text(TOKEN)
-        token_file.chmod(0o600)
-        port = free_port()
-        server = start_server(args.model, port, token_file)
-        try:
-            table, ok = soak(args, args.model, port, server)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    with serving(args.model) as (port, server):
+        table, ok = soak(args, args.model, port, server)
     load_after = os.getloadavg()
     model = json.loads((args.model / "manifest.json").read_text())["model"]
     lines = [
