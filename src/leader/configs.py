@@ -178,20 +178,22 @@ class Config:
             raise ConfigError(e.field, e.detail, e.where or where) from None
 
     @classmethod
-    def flat_fields(cls) -> list[tuple[str | None, dataclasses.Field, Any]]:
-        """(nested config name or None, field, default) for every field, one level deep.
+    def flat_fields(cls) -> list[tuple[str | None, dataclasses.Field, Any, Any]]:
+        """(nested config name or None, field, default, type) for every field, one level deep.
 
         The command line shows the fields of a model's config and of its ``train`` config side
         by side, with the model's own defaults (a teacher trains 3 epochs, a student 50).
         """
         defaults = cls()
-        out: list[tuple[str | None, dataclasses.Field, Any]] = []
+        out: list[tuple[str | None, dataclasses.Field, Any, Any]] = []
         for f in dataclasses.fields(cls):
             value = getattr(defaults, f.name)
             if isinstance(value, Config):
-                out += [(f.name, g, getattr(value, g.name)) for g in dataclasses.fields(value)]
+                hints = _hints(type(value))
+                out += [(f.name, g, getattr(value, g.name), hints[g.name])
+                        for g in dataclasses.fields(value)]
             else:
-                out.append((None, f, value))
+                out.append((None, f, value, _hints(cls)[f.name]))
         return out
 
 

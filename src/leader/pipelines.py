@@ -193,8 +193,9 @@ def fit_model(
     model.build()  # a bad backbone or length fails here, before anything is written
     main = is_main_process()
     run_dir = run_dir_for(out)
+    thash = teacher_hash(teacher) if features is not None and teacher is not None else None
     identity = {"model": model.name, "config": model.config.identity(),
-                "data": data.data_hash, "teacher": _teacher_hash(features, teacher)}
+                "data": data.data_hash, "teacher": thash}
     if main:
         try:
             prepare_run_dir(run_dir, identity, force)
@@ -213,7 +214,7 @@ def fit_model(
     rule = decide_threshold(model, data, threshold, max_drugs, val_probs=probs.get("val"))
     metrics = split_metrics(model, data, rule["threshold"], max_drugs, probs=probs or None)
     t2 = time.perf_counter()
-    notes = _notes(model, teacher, features)
+    notes = _notes(model, teacher, thash)
     if main:
         save_bundle(model, out, metrics=metrics, force=force, rule=rule,
                     extra={"training": model.fit_summary, **notes})
@@ -244,12 +245,9 @@ def _features_for(model: MedModel, teacher: Path | None, data: Dataset) -> Any:
                             bool(getattr(cfg, "standardize", False)))
 
 
-def _teacher_hash(features: Any, teacher: Path | None) -> str | None:
-    return teacher_hash(teacher) if features is not None and teacher is not None else None
-
-
-def _notes(model: MedModel, teacher: Path | None, features: Any) -> dict[str, Any]:
-    """What the bundle records of the model's inputs besides the data."""
+def _notes(model: MedModel, teacher: Path | None, thash: str | None) -> dict[str, Any]:
+    """What the bundle records of the model's inputs besides the data (``thash``: the hash of
+    the teacher whose features the fit read, None when it read none)."""
     notes: dict[str, Any] = {}
     llm = getattr(model.config, "llm", None)
     if llm is not None:
@@ -261,8 +259,8 @@ def _notes(model: MedModel, teacher: Path | None, features: Any) -> dict[str, An
             "online": model.config.online,
             "loss": model.config.distill_loss,
             "standardized": bool(model.config.standardize and not model.config.online),
-            "teacher": str(teacher) if features is not None else None,
-            "teacher_hash": _teacher_hash(features, teacher),
+            "teacher": str(teacher) if thash is not None else None,
+            "teacher_hash": thash,
         }
     return notes
 

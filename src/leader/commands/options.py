@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from leader.configs import Config, _base_type, _hints
+from leader.configs import Config, _base_type
 from leader.errors import LeaderError
 
 # field name -> flag, so that a library error about a field names the flag the user typed
@@ -49,22 +49,18 @@ def config_options(
     """Give a command ``--FIELD`` options for ``cls`` and a ``--config FILE``; the command gets
     the built config as its ``config`` argument (``build=False``: the settings given, as a dict
     to merge into another config; ``config_file=False``: no ``--config``)."""
-    fields = [(nest, f, d) for nest, f, d in cls.flat_fields() if f.metadata.get("cli", True)]
-    names = [f.name for _, f, _ in fields]
+    fields = [row for row in cls.flat_fields() if row[1].metadata.get("cli", True)]
+    names = [f.name for _, f, _, _ in fields]
     if len(set(names)) != len(names):
         raise TypeError(f"{cls.__name__}: a field name repeats between the config and train")
-    nested = {f.name: nest for nest, f, _ in fields}
+    nested = {f.name: nest for nest, f, _, _ in fields}
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command)
         resolved = typing.get_type_hints(command, include_extras=True)  # the command's own names
         params = [p.replace(annotation=resolved.get(p.name, p.annotation))
                   for p in signature.parameters.values() if p.name != "config"]
-        hints = {}
-        for nest, f, _ in fields:
-            owner = type(getattr(cls(), nest)) if nest else cls
-            hints[f.name] = _hints(owner)[f.name]
-        added = [_option(f.name, f, d, hints[f.name]) for _, f, d in fields]
+        added = [_option(f.name, f, d, tp) for _, f, d, tp in fields]
         file_option = inspect.Parameter(
             "config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
             annotation=Annotated[Path | None, typer.Option(
