@@ -12,11 +12,20 @@ with replacement, seed 0), once with each bundle's own threshold rule (tuned on 
 trained) and paired differences against --reference, once at the fixed threshold 0.5.
 ``--variants`` adds student ablation rows (see docs/student.md). Prints each table.md; paste
 into benchmarks/results/compare.md with the command line.
+
+With a trained teacher (issues 10/11), on the teacher's own prepared cohort:
+
+    .venv/bin/python benchmarks/compare.py --work W --cohort DATA_DIR --teacher TEACHER_DIR
+
+adds the teacher's row and the distilled student, α and the feature loss chosen on validation
+PRAUC from ``--alphas`` × ``--distill-losses`` (β and everything else at the student's
+defaults); the undistilled student is the same student with α = β = 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -44,6 +53,29 @@ def run(*args: str) -> None:
             return
     print("$ leader " + " ".join(args), flush=True)
     subprocess.run([LEADER, *args], check=True)
+
+
+def val_prauc(model_dir: Path) -> float:
+    return float(json.loads((model_dir / "metrics.json").read_text())["val"]["prauc"])
+
+
+def distilled(data: Path, models: Path, teacher: Path, alphas: list[float], losses: list[str],
+              epochs: int, student_lr: float) -> Path:
+    """One distilled student per (α, feature loss); the best on validation PRAUC (never test)."""
+    tried = {}
+    for loss in losses:
+        for alpha in alphas:
+            out = models / f"student-{loss}-alpha-{alpha:g}"
+            started = time.perf_counter()
+            run("distill", "--data", str(data), "--out", str(out), "--teacher", str(teacher),
+                "--alpha", str(alpha), "--distill-loss", loss, "--epochs", str(epochs),
+                "--lr", str(student_lr), "--force")
+            tried[out] = val_prauc(out)
+            print(f"{out.name}: trained in {time.perf_counter() - started:.0f} s, "
+                  f"val PRAUC {tried[out]:.4f}", flush=True)
+    best = max(tried, key=tried.get)
+    print(f"distilled student chosen on validation: {best.name}", flush=True)
+    return best
 
 
 def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
@@ -87,12 +119,35 @@ def main() -> None:
     ap.add_argument("--student-lr", type=float, default=3e-3)
     ap.add_argument("--variants", nargs="*", choices=tuple(VARIANTS), default=[])
     ap.add_argument("--reference", default="logreg", help="model of the paired differences")
+    ap.add_argument("--cohort", type=Path, default=None,
+                    help="a prepared DATA_DIR (the teacher's) instead of demo + synth")
+    ap.add_argument("--teacher", type=Path, default=None, help="TEACHER_DIR trained on --cohort")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.1, 0.4, 1.0])
+    ap.add_argument("--distill-losses", nargs="+", choices=("mse", "cosine"),
+                    default=["mse", "cosine"])
     ap.add_argument("--reuse", action="store_true",
                     help="keep models a previous run with the same options finished")
     args = ap.parse_args()
     global REUSE
     REUSE = args.reuse
     w = args.work
+    if args.cohort is not None:
+        data, models = args.cohort, w / "models"
+        dirs = cohort(data, models, args.epochs, args.lr, oracle=True,
+                      neural=not args.no_neural, student_lr=args.student_lr,
+                      variants=tuple(args.variants))
+        if args.teacher is not None:
+            # the profile alignment alone (β at its default, α = 0): what is left without the
+            # teacher's features
+            run("distill", "--data", str(data), "--out", str(models / "student-beta-only"),
+                "--alpha", "0", "--epochs", str(args.epochs), "--lr", str(args.student_lr),
+                "--force")
+            dirs += [models / "student-beta-only"]
+            dirs += [distilled(data, models, args.teacher, args.alphas, args.distill_losses,
+                               args.epochs, args.student_lr), args.teacher]
+        run("compare", "--data", str(data), *map(str, dirs), "--out", str(w / "report"),
+            "--force", "--reference", args.reference)
+        return
     if args.only in (None, "demo"):
         run("prepare", "--source", "mimic3", "--root", "demo", "--out", str(w / "demo/data"),
             "--force")

@@ -17,10 +17,14 @@ from pathlib import Path
 _CONTEXT = None
 # imported once by the forkserver, so a child pays only for its own work
 PRELOAD = [
-    "torch", "polars", "transformers", "peft", "leader.cli", "leader.commands.data",
-    "leader.commands.teacher", "leader.commands.student", "leader.commands.evaluation",
-    "leader.commands.recommend", "leader.data.cohort", "leader.models.baselines.training",
-    "leader.models.teacher", "leader.features", "leader.report", "fault_runner",
+    "torch", "polars", "transformers", "peft", "sklearn.linear_model", "scipy.sparse",
+    "matplotlib", "matplotlib.pyplot", "typer", "rich", "pydantic", "leader.cli",
+    "leader.commands.data", "leader.commands.synth", "leader.commands.teacher",
+    "leader.commands.student", "leader.commands.evaluation", "leader.commands.recommend",
+    "leader.commands.tune", "leader.data.cohort", "leader.pipelines", "leader.models.baselines",
+    "leader.models.baselines.logreg", "leader.models.baselines.popular",
+    "leader.models.baselines.retain", "leader.models.teacher", "leader.features", "leader.report",
+    "fault_runner",
 ]
 
 

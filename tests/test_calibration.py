@@ -101,3 +101,48 @@ def test_compare_reports_calibration(tiny_data, tmp_path):
     assert (tmp_path / "report" / "figures" / "calibration.png").stat().st_size > 1000
     assert "## Calibration" in (tmp_path / "report" / "table.md").read_text()
     assert "ECE before" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_training_commands_fit_and_state_a_calibration(tiny_data, tmp_path, monkeypatch, capsys):
+    """`--calibration` on a training command: fitted on val, stored, applied on load, and the
+    threshold tuned (and the metrics scored) on the calibrated probabilities."""
+    from leader.evaluation import decide_threshold, split_metrics
+
+    out = tmp_path / "lr"
+    code, _, err = run_cli(["train-baseline", "logreg", "--data", str(tiny_data.root), "--out",
+                            str(out), "--calibration", "isotonic"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["calibration"] == "isotonic" and manifest["threshold_tuning"]
+    rec = leader.load(out)
+    cal = calib.read(out)
+    assert cal.method == "isotonic" and cal.fitted_on["split"] == "val"
+    base = calib.uncalibrated(rec.model)
+    samples = tiny_data.samples("val")
+    np.testing.assert_allclose(rec.predict_proba(samples), cal.apply(base.predict_proba(samples)),
+                               rtol=1e-6, atol=1e-7)
+    rule = decide_threshold(rec.model, tiny_data)  # the calibrated model, tuned again
+    assert manifest["threshold"] == pytest.approx(rule["threshold"])
+    want = split_metrics(rec.model, tiny_data, rule["threshold"])
+    assert rec.metrics["test"]["jaccard"] == pytest.approx(want["test"]["jaccard"])
+    assert "isotonic, fitted on the val split" in (out / "README.md").read_text()
+    code, _, err = run_cli(["train-baseline", "popular", "--data", str(tiny_data.root), "--out",
+                            str(tmp_path / "p"), "--calibration", "platt"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: --calibration: expected one of none,")
+    assert not (tmp_path / "p").exists()
+
+
+def test_calibrate_tunes_a_tuned_threshold_again(tiny_data, tmp_path, monkeypatch, capsys):
+    from leader.evaluation import decide_threshold
+    from leader.pipelines import fit_model
+
+    out = fit_model("logreg", tiny_data, tmp_path / "lr", {"max_iter": 50}, progress=False).out
+    code, printed, err = run_cli(["calibrate", "--model", str(out), "--data",
+                                  str(tiny_data.root), "--calibration", "isotonic"],
+                                 monkeypatch, capsys)
+    assert code == 0, err
+    after = json.loads((out / "manifest.json").read_text())
+    rec = leader.load(out)
+    assert after["threshold"] == pytest.approx(decide_threshold(rec.model, tiny_data)["threshold"])
+    assert "tuned on the val split" in after["threshold_rule"] and "threshold" in printed
+    assert rec.metrics["test"]["threshold"] == after["threshold"]

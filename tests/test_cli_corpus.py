@@ -261,9 +261,7 @@ CASES = [
                  id="gzip-bad-crc"),
     pytest.param(raw_table("PATIENTS.csv", lambda d: b""), "PATIENTS.csv", id="csv-empty"),
     pytest.param(raw_table("PATIENTS.csv", lambda d: d.split(b"\n")[0] + b"\n"), "PATIENTS",
-                 id="csv-header-only", marks=pytest.mark.xfail(strict=True, reason=(
-                     "a header-only PATIENTS.csv is prepared with exit 0 (cohort.py, owned by "
-                     "the data-sources branch); reported to the lead"))),
+                 id="csv-header-only"),
 ]
 
 

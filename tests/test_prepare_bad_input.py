@@ -9,23 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
 from leader.artifacts import sha256_file
 from leader.data.sources.mimic3 import demo_root
 
 TABLES = ["ADMISSIONS.csv", "PATIENTS.csv", "DIAGNOSES_ICD.csv", "PROCEDURES_ICD.csv",
           "PRESCRIPTIONS.csv", "D_ICD_DIAGNOSES.csv", "D_ICD_PROCEDURES.csv"]
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run `leader ...` in-process through the real entry point (error handling included)."""
-    from leader.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["leader", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def raw_copy(tmp_path: Path) -> Path:

@@ -19,6 +19,7 @@ from leader.bundle import load
 from leader.cli import _register, app
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
+from leader.features import load_features
 from leader.models.teacher import Teacher, last_token_index
 from leader.pipelines import fit_model, run_dir_for
 from leader.train import FitContext
@@ -178,6 +179,38 @@ def test_two_processes_keep_identical_replicas(small_dir, tmp_path):
     fresh = Teacher(load_schema(small_dir), _config(max_steps=3, eval_every=3))
     fresh.build()
     assert _weights_hash(fresh) != hashes[0]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_layer_cache_and_the_export(small_dir, tmp_path):
+    """Under torchrun each rank fills every other cache shard and encodes every other sample;
+    the exported features must be those of the saved teacher, in sample order."""
+    out = tmp_path / "teacher"
+    config = {**_config(max_steps=2, eval_every=2), "train_layers": 1}
+    script = tmp_path / "ddp_export.py"
+    script.write_text(
+        "import leader.models.layer_cache as lc\n"
+        "lc.SHARD_SIZE = 5  # several shards, so that both ranks compute some\n"
+        "from leader.pipelines import fit_model\n"
+        f"fit_model('teacher', {str(small_dir)!r}, {str(out)!r}, {config!r}, progress=False)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29518", str(script)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not run_dir_for(out).exists()  # rank 0 removed the run dir (and its layer cache)
+    summary = json.loads((out / "manifest.json").read_text())["training"]
+    assert 0 < summary["layer_cache_computed"] < len(Dataset.load(small_dir).samples("train"))
+    teacher = load(out).model  # a fresh process-local teacher: whole backbone, no cache
+    for split in ("train", "test"):
+        ids, hidden, logits = load_features(out, small_dir, split)
+        samples = Dataset.load(small_dir).samples(split)
+        assert ids == [s.sample_id for s in samples]
+        want_hidden, want_logits = teacher.encode(samples)
+        torch.testing.assert_close(hidden, want_hidden, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
 
 
 def load_schema(data_dir):

@@ -261,23 +261,35 @@ def store_calibration(
     calibration: calib.Calibration,
     out: str | Path | None = None,
     force: bool = False,
+    rule: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Copy the bundle at ``directory`` to ``out`` (default: replace it) with ``calibration``
-    (method ``none`` removes one); README and manifest are rewritten, the rest is copied."""
+    (method ``none`` removes one); README and manifest are rewritten, the rest is copied.
+    ``rule`` and ``metrics``: the decision rule and scores on the calibrated probabilities
+    (default: keep the bundle's)."""
     src = Path(directory)
     rec = load(src)
     out = Path(out) if out is not None else src
     model = calib.uncalibrated(rec.model)
-    skip = shutil.ignore_patterns(MANIFEST, calib.CALIBRATION_FILE, "README.md")
+    metrics = rec.metrics if metrics is None else metrics
+    rule = rule or {"threshold": rec.threshold, "threshold_rule": rec.manifest.get(
+        "threshold_rule"), "max_drugs": rec.max_drugs, "tuning": rec.manifest.get(
+        "threshold_tuning")}
+    skip = shutil.ignore_patterns(MANIFEST, calib.CALIBRATION_FILE, "README.md", METRICS_FILE)
     with atomic_dir(out, force=force or out.resolve() == src.resolve()) as tmp:
         shutil.copytree(src, tmp, ignore=skip, dirs_exist_ok=True)
         kept = calibration if calibration.method != "none" else None
         if kept is not None:
             calib.write(tmp, kept)
-        rule = {"threshold_rule": rec.manifest.get("threshold_rule")}
-        (tmp / "README.md").write_text(model_card(model, rec.threshold, rec.metrics, kept, rule))
-        fields = {k: v for k, v in rec.manifest.items()
-                  if k not in ("kind", "format_version", "created", "versions", "files")}
-        fields["calibration"] = calibration.method
+        write_json(tmp / METRICS_FILE, metrics)
+        threshold = float(rule["threshold"])
+        (tmp / "README.md").write_text(model_card(model, threshold, metrics, kept, rule))
+        fields = {k: v for k, v in rec.manifest.items() if k not in (
+            "kind", "format_version", "created", "versions", "files", "threshold_tuning")}
+        fields.update(threshold=threshold, threshold_rule=rule.get("threshold_rule"),
+                      max_drugs=rule.get("max_drugs"), calibration=calibration.method)
+        if rule.get("tuning"):
+            fields["threshold_tuning"] = rule["tuning"]
         write_manifest(tmp, MODEL_KIND, MODEL_FORMAT_VERSION, **fields, files=_file_hashes(tmp))
     return out

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from leader.artifacts import MANIFEST, sha256_file
-from leader.bundle import Bundle, load
-from leader.calibration import Calibration, fit, uncalibrated
+from leader.bundle import Bundle, load, store_calibration
+from leader.calibration import CalibratedModel, Calibration, fit, uncalibrated
 from leader.configs import ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample, multi_hot
@@ -280,10 +280,41 @@ def fit_calibration(
     """Fit a calibration of the model's own (uncalibrated) probabilities on ``split``."""
     rec, data = as_bundle(model), as_dataset(data)
     drug_columns(rec, data)  # refuse a model from other data
+    return calibrate_on(rec.model, data, method, split)
+
+
+def calibrate_bundle(
+    model_dir: str | Path, data: str | Path | Dataset, method: str,
+    out: str | Path | None = None, force: bool = False,
+) -> tuple[Path, Calibration, dict[str, Any] | None]:
+    """Fit ``method`` on the val split and store it in the bundle (at ``out``, default in place).
+    On the bundle's own data the threshold, when it was tuned, is tuned again and the metrics
+    are scored again on the calibrated probabilities (the rule is returned), so that the model
+    card describes what ``recommend`` will do; on other data both are kept as they were."""
+    rec, data = as_bundle(model_dir), as_dataset(data)
+    drug_columns(rec, data)  # refuse a model from other data
+    cal = calibrate_on(rec.model, data, method)
+    rule = metrics = None
+    if data.data_hash == (rec.manifest.get("data") or {}).get("hash"):
+        base = uncalibrated(rec.model)
+        scorer = base if cal.method == "none" else CalibratedModel(base, cal)
+        fixed = None if rec.manifest.get("threshold_tuning") else rec.threshold
+        rule = decide_threshold(scorer, data, fixed, rec.max_drugs)
+        metrics = split_metrics(scorer, data, rule["threshold"], rec.max_drugs)
+    written = store_calibration(rec.directory, cal, out, force, rule=rule, metrics=metrics)
+    return written, cal, rule
+
+
+def calibrate_on(
+    model: Any, data: Dataset, method: str, split: str = "val", probs: Any = None
+) -> Calibration:
+    """Fit ``method`` on ``model``'s own (uncalibrated) probabilities of ``split`` (``probs``:
+    those probabilities when already computed)."""
     samples = split_samples(data, split)
-    raw = np.asarray(uncalibrated(rec.model).predict_proba(samples), dtype=np.float64)
-    y = multi_hot([s.target for s in samples], rec.schema.drugs).numpy()
-    return fit(raw, y, method, split=split, data_hash=data.data_hash)
+    raw = uncalibrated(model).predict_proba(samples) if probs is None else probs
+    y = multi_hot([s.target for s in samples], model.schema.drugs).numpy()
+    return fit(np.asarray(raw, dtype=np.float64), y, method, split=split,
+               data_hash=data.data_hash)
 MIN_VISITS_TO_RANK = 200  # below this a test split rarely separates models (demo: 9 visits)
 PAIRED_GROUPS = ("all", "first_visit", "returning")
 

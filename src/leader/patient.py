@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PlainValidator,
     ValidationError,
     WithJsonSchema,
@@ -119,7 +120,8 @@ def patient_model(limits: Limits = DEFAULT_LIMITS) -> type[BaseModel]:
         ),
         profile=(
             # validated as a model (so ``age`` has its own type), kept as the plain dict given
-            Annotated[profile, AfterValidator(lambda m: m.model_dump(exclude_unset=True))],
+            Annotated[profile, AfterValidator(lambda m: m.model_dump(exclude_unset=True)),
+                      PlainSerializer(dict, return_type=dict)],
             Field(default_factory=dict, description="Profile fields; unknown ones are ignored"),
         ),
         visits=(

@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 
+from leader import calibration as calib
 from leader.artifacts import check_can_write, read_json
 from leader.bundle import load, save_bundle
 from leader.configs import Config, ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
+from leader.distributed import barrier, ensure_process_group, gather_rows, world
 from leader.errors import LeaderError
-from leader.evaluation import check_threshold, decide_threshold, split_metrics
+from leader.evaluation import calibrate_on, check_threshold, decide_threshold, split_metrics
 from leader.features import DEFAULT_SHARD_SIZE, FeatureTable, TeacherFeatures, teacher_hash
 from leader.features import export_features as write_features
 from leader.models.base import MedModel, model_class
@@ -170,6 +172,7 @@ def fit_model(
     on_step: Callable[[int], None] | None = None,
     on_info: Callable[[str], None] | None = None,
     export: bool = True,
+    calibration: str | None = None,
 ) -> FitResult:
     """Fit ``model`` (a registered name, or a model instance) on DATA_DIR and bundle it at ``out``.
 
@@ -180,8 +183,14 @@ def fit_model(
 
     The decision rule is the same for every model: ``threshold`` when given, else the value that
     maximises mean F1 on the validation split (never test), optionally capped at ``max_drugs``.
+    ``calibration`` (temperature or isotonic) is fitted on the validation split and stored in
+    the bundle; the threshold is then tuned, and the metrics scored, on calibrated
+    probabilities, as ``recommend`` and ``serve`` will see them.
     """
     check_threshold(threshold, max_drugs)
+    if calibration is not None and calibration not in calib.METHODS:
+        raise ConfigError("calibration", f"expected one of {', '.join(calib.METHODS)}, "
+                          f"got {calibration!r}")
     out = Path(out)
     check_can_write(out, force)  # fail before the long work
     data = data if isinstance(data, Dataset) else Dataset.load(data)
@@ -202,29 +211,49 @@ def fit_model(
         except OSError as e:
             raise LeaderError(f"{out}: cannot create its run directory {run_dir.name} beside it "
                               f"({e.strerror or e})") from None
+    ensure_process_group()
+    barrier()  # the other ranks write under run_dir only once rank 0 has checked it
 
     t0 = time.perf_counter()
-    model.fit(data, FitContext(run_dir, progress=progress, on_step=on_step, on_info=on_info,
-                               teacher=features))
+    model.fit(data, FitContext(run_dir, progress=progress, on_step=on_step,
+                               on_info=on_info if main else None, teacher=features))
     t1 = time.perf_counter()
     encoded = {}
-    if export and main and hasattr(model, "encode"):  # one pass: metrics and features
-        encoded = {split: model.encode(data.samples(split)) for split in SPLITS}
+    if export and hasattr(model, "encode"):  # one pass: metrics and features
+        encoded = {split: encode_shared(model, data.samples(split)) for split in SPLITS}
     probs = {s: torch.sigmoid(logits).numpy() for s, (_, logits) in encoded.items()}
-    rule = decide_threshold(model, data, threshold, max_drugs, val_probs=probs.get("val"))
-    metrics = split_metrics(model, data, rule["threshold"], max_drugs, probs=probs or None)
+    scorer, cal = model, None
+    if calibration not in (None, "none"):
+        cal = calibrate_on(model, data, calibration, probs=probs.get("val"))
+        scorer = calib.CalibratedModel(model, cal)
+        probs = {s: cal.apply(p) for s, p in probs.items()}
+    rule = decide_threshold(scorer, data, threshold, max_drugs, val_probs=probs.get("val"))
+    metrics = split_metrics(scorer, data, rule["threshold"], max_drugs, probs=probs or None)
     t2 = time.perf_counter()
     notes = _notes(model, teacher, thash)
     if main:
-        save_bundle(model, out, metrics=metrics, force=force, rule=rule,
-                    extra={"training": model.fit_summary, **notes})
+        save_bundle(model, out, metrics=metrics, force=force, rule=rule, calibration=cal,
+                    extra={"training": model.fit_summary, **notes,
+                           "calibration": cal.method if cal else "none"})
         if encoded:
             index = write_features(model, out, data, encoded=encoded)
             notes["features"] = {"dir": index["dir"], "computed": index["computed"]}
+    if getattr(model, "layer_cache", None) is not None:
+        model.layer_cache = None  # it lives in run_dir
+    barrier()
+    if main:
         shutil.rmtree(run_dir, ignore_errors=True)
     timings = {"fit": t1 - t0, "score": t2 - t1, "save": time.perf_counter() - t2}
     return FitResult(model, out, run_dir, metrics, rule, model.fit_summary, timings,
                      {**notes, "teacher_metrics": _teacher_metrics(teacher)})
+
+
+def encode_shared(model: Any, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.encode(samples)`` with the samples shared between the launcher's processes
+    (each encodes every world-th one; all get the whole result)."""
+    rank, size = world()
+    hidden, logits = model.encode(samples[rank::size])
+    return gather_rows(hidden, len(samples)), gather_rows(logits, len(samples))
 
 
 def _wants_teacher(model: MedModel, data: Dataset) -> bool:

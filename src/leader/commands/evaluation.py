@@ -10,13 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from leader.artifacts import write_json
-from leader.bundle import store_calibration
 from leader.cli import app
-from leader.commands.options import MaxDrugs, config_options, read_config_file
+from leader.commands.options import Calibration, MaxDrugs, config_options, read_config_file
 from leader.commands.options import Threshold as OptThreshold
 from leader.commands.tables import fit_table, training_line
 from leader.configs import ConfigError
-from leader.evaluation import evaluate, fit_calibration, protocol_line
+from leader.evaluation import calibrate_bundle, evaluate, protocol_line
 from leader.metrics import METRIC_LABELS, METRICS
 from leader.models.base import BASELINES, model_class
 from leader.pipelines import fit_model
@@ -80,16 +79,11 @@ def evaluate_cmd(
         console.print(f"wrote {out}")
 
 
-Method = Annotated[str, typer.Option(
-    "--calibration", help="none, temperature (one T per model) or isotonic (per class where "
-    "validation has enough visits, else temperature).")]
-
-
 @app.command("calibrate")
 def calibrate_cmd(
     model: Annotated[Path, typer.Option(help="MODEL_DIR bundle to calibrate.")],
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR (its val split is used).")],
-    method: Method = "temperature",
+    method: Calibration = "temperature",
     out: Annotated[Path | None, typer.Option(
         help="Write the calibrated bundle here [default: replace MODEL_DIR].",
         show_default=False)] = None,
@@ -97,9 +91,11 @@ def calibrate_cmd(
 ) -> None:
     """Fit a calibration on the val split and store it in the bundle (applied on load)."""
 
-    cal = fit_calibration(model, data, method)
-    written = store_calibration(model, cal, out, force)
-    console.print(f"{written}: calibration {cal.describe()}", highlight=False)
+    written, cal, rule = calibrate_bundle(model, data, method, out, force)
+    line = f"{written}: calibration {cal.describe()}"
+    if rule is not None:
+        line += f"; threshold {rule['threshold']:g} ({rule['threshold_rule']})"
+    console.print(line, highlight=False)
 
 
 @app.command("train-baseline")
@@ -114,6 +110,7 @@ def train_baseline_cmd(
         "`leader tune`).", show_default=False)] = None,
     threshold: OptThreshold = None,
     max_drugs: MaxDrugs = None,
+    calibration: Calibration = "none",
     force: Annotated[bool, typer.Option(
         help="Replace an existing MODEL_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
@@ -123,7 +120,8 @@ def train_baseline_cmd(
     model's own values.
     """
     result = fit_model(name, data, out, baseline_config(name, config, model_config),
-                       threshold=threshold, max_drugs=max_drugs, force=force)
+                       threshold=threshold, max_drugs=max_drugs, force=force,
+                       calibration=calibration)
     console.print(training_line(result), highlight=False)
     console.print(fit_table(result))
 

@@ -115,3 +115,6 @@ Threshold = Annotated[float | None, typer.Option(
     show_default=False)]
 MaxDrugs = Annotated[int | None, typer.Option(
     help="Recommend at most this many drugs per visit.", show_default=False)]
+Calibration = Annotated[str, typer.Option(
+    "--calibration", help="Calibrate the probabilities on validation: none, temperature (one T "
+    "per model) or isotonic (per class where validation has enough visits, else temperature).")]

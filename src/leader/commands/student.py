@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from leader.cli import app
-from leader.commands.options import MaxDrugs, Threshold, config_options
+from leader.commands.options import Calibration, MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.student import StudentConfig
 from leader.pipelines import fit_model
@@ -32,6 +32,7 @@ def distill_cmd(
     ] = None,
     threshold: Threshold = None,
     max_drugs: MaxDrugs = None,
+    calibration: Calibration = "none",
     force: Annotated[
         bool,
         typer.Option(help="Replace an existing MODEL_DIR / discard a checkpoint of other options."),
@@ -39,7 +40,7 @@ def distill_cmd(
 ) -> None:
     """Distill the LEADER student; rerun the same command to resume after a kill."""
     result = fit_model("student", data, out, config, teacher=teacher, threshold=threshold,
-                       max_drugs=max_drugs, force=force)
+                       max_drugs=max_drugs, force=force, calibration=calibration)
     cfg = result.model.config
     console.print(f"{training_line(result)}; preset {cfg.preset}, α {cfg.alpha:g}, "
                   f"β {cfg.beta:g}", highlight=False)

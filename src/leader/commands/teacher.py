@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leader.cli import app
-from leader.commands.options import MaxDrugs, Threshold, config_options
+from leader.commands.options import Calibration, MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.teacher import TeacherConfig
 from leader.pipelines import export_features, fit_model
@@ -85,13 +85,14 @@ def train_teacher_cmd(
         help="Export the features in the same pass that scores val/test.")] = True,
     threshold: Threshold = None,
     max_drugs: MaxDrugs = None,
+    calibration: Calibration = "none",
     force: Annotated[bool, typer.Option(
         help="Replace an existing TEACHER_DIR / discard a checkpoint of other options.")] = False,
 ) -> None:
     """Fine-tune the LEADER teacher (LoRA + drug layer); rerun the same command to resume."""
     result = fit_model(
         "teacher", data, out, config, threshold=threshold, max_drugs=max_drugs, force=force,
-        export=export,
+        export=export, calibration=calibration,
         on_info=lambda line: console.print(f"[dim]{line}[/dim]", highlight=False),
     )
     summary = result.training

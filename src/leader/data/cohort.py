@@ -283,6 +283,12 @@ def build_cohort(
     drops["admissions_without_patient"] = admissions.filter(
         ~pl.col("patient_id").is_in(patients["patient_id"].implode())
     ).height
+    if admissions.height and drops["admissions_without_patient"] == admissions.height:
+        raise LeaderError(
+            f"{raw.labels.get('patients', 'patients')}: none of the {admissions.height} "
+            f"admissions' patients is in it ({patients.height} patient rows); expected one row "
+            "per patient with the admissions' patient ids"
+        )
     if config.patient_fraction < 1:
         admissions = _sample_patients(admissions, config.patient_fraction, config.seed, drops)
     hadm = admissions["hadm_id"]

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from leader.distributed import barrier, world
 from leader.errors import LeaderError
 
 CACHE_INFO = "cache.json"
@@ -56,6 +57,7 @@ class LayerCache:
         self.memory: dict[str, torch.Tensor] = {}
         self.where: dict[str, Path] = {}  # sample id -> shard holding it
         self._open: dict[Path, object] = {}
+        self._shards = 0  # shards seen over all fill() calls: spreads them over the ranks
         if self.directory is not None:
             self._check_directory()
 
@@ -69,7 +71,9 @@ class LayerCache:
                 )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            info.write_text(json.dumps({"key": self.key}))
+            tmp = info.with_suffix(f".tmp-{os.getpid()}")  # other ranks may read it meanwhile
+            tmp.write_text(json.dumps({"key": self.key}))
+            os.replace(tmp, info)
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self.memory or sample_id in self.where
@@ -80,18 +84,31 @@ class LayerCache:
         ids: Sequence[str],
         tokens: Sequence[Sequence[int]],
         compute: Callable[[list[int]], list[torch.Tensor]],
+        on_done: Callable[[int], None] | None = None,
     ) -> int:
         """Make sure every prompt of ``ids`` is cached; ``compute(rows)`` returns the lower
-        output of those rows. Returns how many prompts were computed (0 when all reused)."""
+        output of those rows. Returns how many prompts this process computed (0 when all were
+        reused). Under a launcher with several processes, each computes every world-th shard
+        (counted over all calls, so that a split's last shard does not always fall to rank 0)
+        and then reads the others' from disk. ``on_done(n)`` is told of prompts found already
+        cached (``compute`` reports its own progress)."""
+        done = on_done or (lambda _n: None)
+        rank, size = world() if self.directory is not None else (0, 1)
+        chunks = [(k, list(range(start, min(start + SHARD_SIZE, len(ids)))))
+                  for k, start in enumerate(range(0, len(ids), SHARD_SIZE))]
+        mine = {k for k, _ in chunks if (self._shards + k) % size == rank}
+        self._shards += len(chunks)
         computed = 0
-        for k, start in enumerate(range(0, len(ids), SHARD_SIZE)):
-            rows = list(range(start, min(start + SHARD_SIZE, len(ids))))
+        for k, rows in chunks:
+            if k not in mine:
+                continue
             chunk_ids = [ids[i] for i in rows]
             digest = prompts_hash(chunk_ids, [tokens[i] for i in rows])
             path = self.directory and self.directory / f"{name}-{k:05d}.safetensors"
             if path is not None and path.is_file():
                 self._check_shard(path, digest)
                 self.where.update(dict.fromkeys(chunk_ids, path))
+                done(len(rows))
                 continue
             hidden = compute(rows)
             computed += len(rows)
@@ -103,6 +120,15 @@ class LayerCache:
             save_file(tensors, str(tmp), metadata={"key": self.key, "prompts": digest})
             os.replace(tmp, path)
             self.where.update(dict.fromkeys(chunk_ids, path))
+        if size > 1:  # the other ranks' shards, once all are written
+            barrier()
+            for k, rows in chunks:
+                if k not in mine:
+                    chunk_ids = [ids[i] for i in rows]
+                    path = self.directory / f"{name}-{k:05d}.safetensors"
+                    self._check_shard(path, prompts_hash(chunk_ids, [tokens[i] for i in rows]))
+                    self.where.update(dict.fromkeys(chunk_ids, path))
+                    done(len(rows))
         return computed
 
     def _check_shard(self, path: Path, digest: str) -> None:

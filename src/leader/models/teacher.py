@@ -25,6 +25,7 @@ from torch import nn
 from leader.configs import Config, ConfigError, option
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
+from leader.distributed import world
 from leader.errors import LeaderError
 from leader.llm import choose_dtype, default_device, normalize_spec, resolve_llm, set_threads
 from leader.memory import estimate_peak, memory_budget_gib
@@ -34,6 +35,7 @@ from leader.prompts import DEFAULT_HISTORY, Prompt, PromptBuilder, PromptStats
 from leader.train import (
     FitContext,
     TrainConfig,
+    counter,
     default_threads,
     load_trainable_state,
     predict_in_batches,
@@ -319,10 +321,15 @@ class TeacherTask:
             out[i, span] = h
         return out
 
-    def fill_cache(self, name: str, samples: Sequence[Sample], batch_size: int) -> int:
-        """Compute the lower blocks' output of ``samples`` once (reusing finished shards)."""
+    def fill_cache(
+        self, name: str, samples: Sequence[Sample], batch_size: int,
+        on_done: Callable[[int], None] | None = None,
+    ) -> int:
+        """Compute the lower blocks' output of ``samples`` once (reusing finished shards);
+        ``on_done(n)``: n more prompts are cached."""
         module = self.module
         device = next(module.parameters()).device
+        done = on_done or (lambda _n: None)
 
         def compute(rows: list[int]) -> list[torch.Tensor]:
             chunk = [samples[i] for i in rows]
@@ -332,10 +339,11 @@ class TeacherTask:
                 hidden = module.lower(ids.to(device), mask.to(device)).cpu()
                 for j, i in enumerate(batch):
                     out[i] = hidden[j][mask[j].bool()].clone()  # the real tokens only
+                done(len(batch))
             return out
 
         tokens = [self.prompt(s).input_ids for s in samples]
-        return self.cache.fill(name, [s.sample_id for s in samples], tokens, compute)
+        return self.cache.fill(name, [s.sample_id for s in samples], tokens, compute, done)
 
     def loss(self, module: nn.Module, batch: PromptBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
@@ -379,6 +387,9 @@ class Teacher(MedModel):
         self.module: TeacherModule | None = None
         self._task: TeacherTask | None = None
         self.dtype: str | None = None  # the backbone precision chosen (``auto`` resolved)
+        # lower-block outputs of train + val from the last fit (``train_layers``): valid while
+        # its run directory exists; the pipeline drops it after the export
+        self.layer_cache: LayerCache | None = None
 
     def build(self) -> None:
         """Load the backbone, add the adapter and drug layer (refuses a bad llm or length)."""
@@ -497,13 +508,15 @@ class Teacher(MedModel):
             directory = None if run_dir is None else run_dir / LAYER_CACHE
             task.cache = LayerCache(directory, key)
             bs = self.config.predict_batch_size
-            cached = task.fill_cache("train", train_samples, bs)
-            cached += task.fill_cache("val", val_samples, bs)
+            with counter("layer cache", len(train_samples) + len(val_samples),
+                         context.progress and world()[0] == 0) as done:
+                cached = task.fill_cache("train", train_samples, bs, done)
+                cached += task.fill_cache("val", val_samples, bs, done)
             say(f"layer cache: lower {self.module.split} blocks computed for {cached} prompts")
         start_from_frequencies(self.module.drug_layer.bias, data)  # a resumed run overwrites it
         task.tokens = {"real": 0, "padded": 0}
         self.run_loop(task, data, context)
-        task.cache = None  # later predictions run the whole backbone
+        self.layer_cache = task.cache  # the export after training reuses it (then dropped)
         stats = task.stats()
         padded = task.tokens["padded"]
         self.fit_summary.update(
@@ -528,8 +541,10 @@ class Teacher(MedModel):
         self, samples: Sequence[Sample], on_progress: Callable[[int], None] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled hidden states [N, H], drug logits [N, |drugs|]) in fp32, on the CPU, in the
-        order of ``samples``; computed in length-sorted batches (least padding)."""
+        order of ``samples``; computed in length-sorted batches (least padding), reading the
+        lower blocks' output from the layer cache where the last fit left one."""
         task = self.task()
+        task.cache = self.layer_cache
         self.module.eval()
         device = next(self.module.parameters()).device
         hidden = torch.zeros(len(samples), int(self.config.hidden_size or 0))
