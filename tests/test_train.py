@@ -42,7 +42,8 @@ def test_early_stopping_restores_best(tiny_data):
     assert result.best_step < result.steps
 
 
-def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
+def interrupted(tiny_data, tmp_path):
+    """A reference run of 23 steps, and the same run killed at step 14 (checkpoint at 12)."""
     train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
     config = cfg(max_steps=23, eval_every=4)
     ref = LinearTask(tiny_data)
@@ -55,15 +56,32 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(LinearTask(tiny_data), train_s, val_s, config, ctx(run, crash))
+    return ref, run, lambda task: train(task, train_s, val_s, config, ctx(run))
+
+
+def assert_same_weights(a, b) -> None:
+    pairs = zip(a.module.state_dict().values(), b.module.state_dict().values(), strict=True)
+    for x, y in pairs:
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
+    ref, run, resume = interrupted(tiny_data, tmp_path)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == 12
-    resumed = LinearTask(
-        tiny_data, seed=123
-    )  # different init: everything comes from the checkpoint
-    result = train(resumed, train_s, val_s, config, ctx(run))
-    assert result.steps == 23
-    pairs = zip(ref.module.state_dict().values(), resumed.module.state_dict().values(), strict=True)
-    for a, b in pairs:
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    resumed = LinearTask(tiny_data, seed=123)  # different init: all comes from the checkpoint
+    assert resume(resumed).steps == 23
+    assert_same_weights(ref, resumed)
+
+
+@pytest.mark.parametrize("left", ["checkpoint.tmp", "checkpoint.old"])
+def test_resume_from_a_checkpoint_caught_between_its_renames(left, tiny_data, tmp_path):
+    """A kill between moving the old checkpoint aside and renaming the new one into place
+    leaves only ``checkpoint.tmp`` (complete) or ``checkpoint.old``; either resumes exactly."""
+    ref, run, resume = interrupted(tiny_data, tmp_path)
+    (run / "checkpoint").rename(run / left)
+    resumed = LinearTask(tiny_data, seed=123)
+    assert resume(resumed).steps == 23
+    assert_same_weights(ref, resumed)
 
 
 def test_changed_options_refuse_to_resume(tiny_data, tmp_path):

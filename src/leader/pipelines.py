@@ -73,16 +73,26 @@ def prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
     wanted = json.loads(json.dumps(identity, default=str))
     path = run_dir / RUN_IDENTITY
     if run_dir.exists():
-        same = path.is_file() and json.loads(path.read_text()) == wanted
-        if not same:
-            if not force:
-                raise LeaderError(
-                    f"{run_dir}: holds an unfinished run with other options or data; rerun the "
-                    "same command to resume it, or add --force to start again"
-                )
+        found = _read_identity(path)
+        # no readable identity: the run was killed before it wrote one, so before any checkpoint
+        if found is not None and found != wanted and not force:
+            raise LeaderError(
+                f"{run_dir}: holds an unfinished run with other options or data; rerun the "
+                "same command to resume it, or add --force to start again"
+            )
+        if found != wanted:
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, indent=2))
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(wanted, indent=2))
+    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+
+
+def _read_identity(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def is_main_process() -> bool:

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from leader.configs import Config, option
 from leader.data.samples import Sample
+from leader.distributed import barrier
 from leader.errors import LeaderError
 from leader.metrics import average_precision
 
@@ -295,25 +296,31 @@ def save_checkpoint(
         tensors, meta = _optimizer_tensors(opt)
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
-    _barrier()
+    barrier()
     save_file({"torch": torch.get_rng_state()}, str(tmp / f"rng-{rank}.safetensors"))
-    _barrier()
+    barrier()
     if is_main:
-        # written last: marks the checkpoint complete
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        # written last (and whole, by a rename): marks the checkpoint complete
+        (tmp / ".state.json.tmp").write_text(json.dumps(asdict(state)))
+        os.replace(tmp / ".state.json.tmp", tmp / "state.json")
         old = run_dir / f"{CHECKPOINT}.old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
 
 
 def load_checkpoint(run_dir: Path, module, opt, rank: int) -> LoopState | None:
-    ckpt = run_dir / CHECKPOINT
-    if not (ckpt / "state.json").is_file():
+    """The newest complete checkpoint: a kill inside :func:`save_checkpoint`'s renames can leave
+    the new one as ``checkpoint.tmp`` (complete once it has ``state.json``) or only the
+    previous one as ``checkpoint.old``."""
+    names = (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old")
+    found = [run_dir / n for n in names if (run_dir / n / "state.json").is_file()]
+    if not found:
         return None
+    ckpt = found[0]
     state = LoopState(**json.loads((ckpt / "state.json").read_text()))
     load_trainable_state(module, load_file(str(ckpt / "model.safetensors")))
     meta = json.loads((ckpt / "optimizer.json").read_text())
@@ -322,11 +329,6 @@ def load_checkpoint(run_dir: Path, module, opt, rank: int) -> LoopState | None:
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["torch"])
     return state
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -411,8 +413,10 @@ class Run:
             state.best_score = score if improved else state.best_score
             state.best_step, state.bad_evals = state.step, 0
             self.best = trainable_state(self.module)
-            if self.saving:
-                save_file(self.best, str(self.run_dir / BEST))
+            if self.saving:  # atomically: a kill mid-write must not spoil the resume
+                tmp = self.run_dir / f".{BEST}.tmp-{os.getpid()}"
+                save_file(self.best, str(tmp))
+                os.replace(tmp, self.run_dir / BEST)
         else:
             state.bad_evals += 1
         state.last_eval_step = state.step

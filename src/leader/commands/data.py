@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from leader.artifacts import read_manifest
 from leader.cli import app
+from leader.commands import console
 from leader.data import sources
 from leader.data.cohort import PrepareConfig, prepare
 from leader.data.dataset import DATA_FORMAT_VERSION, DATA_KIND
@@ -19,7 +19,6 @@ from leader.errors import LeaderError
 
 FROM_DATA = "from-data"
 
-console = Console()
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

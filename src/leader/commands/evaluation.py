@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from leader.artifacts import write_json
 from leader.cli import app
+from leader.commands import console
 from leader.commands.options import Calibration, MaxDrugs, config_options, read_config_file
 from leader.commands.options import Threshold as OptThreshold
 from leader.commands.tables import fit_table, training_line
@@ -20,8 +20,6 @@ from leader.metrics import METRIC_LABELS, METRICS
 from leader.models.base import BASELINES, model_class
 from leader.pipelines import fit_model
 from leader.train import TrainConfig
-
-console = Console()
 
 Rounds = Annotated[int, typer.Option(help="Resampling rounds.")]
 Frac = Annotated[float, typer.Option(help="Share of the split drawn per round (with replacement).")]

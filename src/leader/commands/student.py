@@ -6,15 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from leader.cli import app
+from leader.commands import console
 from leader.commands.options import Calibration, MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.student import StudentConfig
 from leader.pipelines import fit_model
-
-console = Console()
 
 
 @app.command("distill")

@@ -6,18 +6,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from leader.cli import app
+from leader.commands import console
 from leader.commands.options import Calibration, MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
 from leader.models.teacher import TeacherConfig
 from leader.pipelines import export_features, fit_model
 from leader.prompts import prompt_stats, render_prompt
-
-console = Console()
 
 
 @app.command("prompt")

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from leader.cli import app
+from leader.commands import console
 from leader.tune import tune
-
-console = Console()
 
 
 @app.command("tune")
