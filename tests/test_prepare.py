@@ -246,6 +246,6 @@ def test_patient_fraction_samples_patients_with_the_seed(tmp_path, demo):
 def test_patient_fraction_out_of_range_is_refused(tmp_path):
     from leader.errors import LeaderError
 
-    with pytest.raises(LeaderError, match="--patient-fraction 0"):
+    with pytest.raises(LeaderError, match="^patient_fraction: 0: expected a share"):
         prepare("mimic3", "demo", tmp_path / "x", PrepareConfig(patient_fraction=0))
     assert not (tmp_path / "x").exists()

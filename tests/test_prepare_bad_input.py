@@ -129,8 +129,8 @@ def test_empty_cohort_by_min_visits(tmp_path, monkeypatch, capsys):
     [
         (["--split", "0.8,0.1"], "--split"),
         (["--split", "0.8,0.3,0.1"], "summing to 1"),
-        (["--top-drugs", "-3"], "--top-drugs -3"),
-        (["--min-visits", "0"], "--min-visits 0"),
+        (["--top-drugs", "-3"], "--top-drugs: -3"),
+        (["--min-visits", "0"], "--min-visits: 0: expected 1 or more"),
     ],
 )
 def test_bad_options(tmp_path, monkeypatch, capsys, extra, expected):

@@ -108,10 +108,11 @@ def test_prompt_cli(tiny_data_dir, tiny_data):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--patient", "nobody"], "--patient nobody: no such patient"),
-        (["--patient", "10000", "--visit", "99"], "--visit 99"),
-        (["--patient", "10000", "--history", "-1"], "--history"),
-        (["--patient", "10000", "--max-length", "20", "--llm", "tiny"], "--max-length 20"),
+        (["--patient", "nobody"], "patient: nobody: no such patient"),
+        (["--patient", "10000", "--visit", "99"], "visit: 99"),
+        (["--patient", "10000", "--history", "-1"], "history: must be 0 or more"),
+        (["--patient", "10000", "--max-length", "20", "--llm", "tiny"],
+         "max_length: 20: too small"),
     ],
 )
 def test_prompt_cli_bad_input(tiny_data_dir, args, message):

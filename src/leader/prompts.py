@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from leader.configs import ConfigError
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import Sample, Visit, sample_id
 from leader.data.vocab import Vocab, age_bucket
@@ -154,11 +155,11 @@ class PromptBuilder:
         titles: str = "long",
     ):
         if history < 0:
-            raise LeaderError(f"--history: must be 0 or more, not {history}")
+            raise ConfigError("history", f"must be 0 or more, not {history}")
         if max_length is not None and (max_length < 1 or tokenizer is None):
-            raise LeaderError(f"--max-length: {max_length} needs a positive value and a tokenizer")
+            raise ConfigError("max_length", f"{max_length} needs a positive value and a tokenizer")
         if titles not in TITLES:
-            raise LeaderError(f"titles: {titles!r} is not one of {', '.join(TITLES)}")
+            raise ConfigError("titles", f"{titles!r} is not one of {', '.join(TITLES)}")
         if titles == "short" and not all(schema.vocab[k].short_titles for k in CODED):
             raise LeaderError(
                 "titles: short titles are not stored in this data (MIMIC-IV has none; prepare "
@@ -271,8 +272,8 @@ class PromptBuilder:
                 parts, text, ids = found
                 return self._shortened(sample, full, parts, text, ids)
             smallest = group[-1] if group else smallest
-        raise LeaderError(
-            f"--max-length {self.max_length}: too small for sample {sample.sample_id}; even "
+        raise ConfigError(
+            "max_length", f"{self.max_length}: too small for sample {sample.sample_id}; even "
             f"with one diagnosis it takes {len(self._measure(sample, smallest)[1])} tokens"
         )
 
@@ -324,7 +325,7 @@ def find_sample(samples: Sequence[Sample], patient: str, visit: int | None) -> S
     """The sample of ``patient`` at ``visit`` (the data's 0-based visit index; None = the last)."""
     mine = [s for s in samples if s.patient_id == patient]
     if not mine:
-        raise LeaderError(f"--patient {patient}: no such patient in the data directory")
+        raise ConfigError("patient", f"{patient}: no such patient in the data directory")
     if visit is None:
         return mine[-1]
     wanted = sample_id(patient, visit)
@@ -332,7 +333,7 @@ def find_sample(samples: Sequence[Sample], patient: str, visit: int | None) -> S
         if s.sample_id == wanted:
             return s
     known = ", ".join(s.sample_id.rsplit("/", 1)[1] for s in mine)
-    raise LeaderError(f"--visit {visit}: patient {patient} has visits {known}")
+    raise ConfigError("visit", f"{visit}: patient {patient} has visits {known}")
 
 
 def render_prompt(

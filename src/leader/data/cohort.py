@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from leader.artifacts import atomic_dir, check_can_write, sha256_file
+from leader.configs import ConfigError
 from leader.data import ddi as ddi_mod
 from leader.data import drugs as drug_map
 from leader.data import sources
@@ -62,21 +63,19 @@ class PrepareConfig:
         for name in ("top_drugs", "top_diagnoses", "top_procedures"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise LeaderError(f"--{name.replace('_', '-')} {value}: expected a positive count")
+                raise ConfigError(name, f"{value}: expected a positive count")
         if self.min_visits < 1:
-            raise LeaderError(f"--min-visits {self.min_visits}: expected 1 or more")
+            raise ConfigError("min_visits", f"{self.min_visits}: expected 1 or more")
         if not 0 < self.patient_fraction <= 1:
-            raise LeaderError(
-                f"--patient-fraction {self.patient_fraction}: expected a share in (0, 1]"
-            )
+            raise ConfigError("patient_fraction",
+                              f"{self.patient_fraction}: expected a share in (0, 1]")
         split = tuple(self.split)
+        shares = ",".join(map(str, split))
         if len(split) != 3 or any(p < 0 for p in split) or abs(sum(split) - 1) > 1e-6:
-            raise LeaderError(
-                f"--split {','.join(map(str, split))}: expected three non-negative shares "
-                "(train,val,test) summing to 1, e.g. 0.8,0.1,0.1"
-            )
+            raise ConfigError("split", f"{shares}: expected three non-negative shares "
+                              "(train,val,test) summing to 1, e.g. 0.8,0.1,0.1")
         if split[0] <= 0:
-            raise LeaderError(f"--split {','.join(map(str, split))}: the train share must be > 0")
+            raise ConfigError("split", f"{shares}: the train share must be > 0")
 
     def to_json(self) -> dict:
         out = asdict(self)
