@@ -232,6 +232,8 @@ def fit_model(
     if export and hasattr(model, "encode"):  # one pass: metrics and features
         encoded = {split: encode_shared(model, data.samples(split)) for split in SPLITS}
     probs = {s: torch.sigmoid(logits).numpy() for s, (_, logits) in encoded.items()}
+    if "val" not in probs and data.samples("val"):  # scored once: rule, calibration, metrics
+        probs["val"] = model.predict_proba(data.samples("val"))
     scorer, cal = model, None
     if calibration not in (None, "none"):
         cal = calibrate_on(model, data, calibration, probs=probs.get("val"))
