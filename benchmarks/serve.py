@@ -46,6 +46,16 @@ from pathlib import Path
 TOKEN = "benchmark-token-0123456789abcdef"
 
 
+
+def run_all(threads: list[threading.Thread]) -> float:
+    """Start the client threads together, wait for all; their wall-clock seconds."""
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -297,12 +307,7 @@ def soak(args, model: Path, port: int, server: subprocess.Popen) -> tuple[list[s
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.clients)]
     for t in side:
         t.start()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_all(threads)
     stop.set()
     for t in side:
         t.join()
@@ -432,12 +437,7 @@ def main() -> int:
                     failures.append(status)
 
         threads = [threading.Thread(target=worker) for _ in range(args.clients)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = run_all(threads)
         throughput = per_client * args.clients / wall
 
         cases = hostile_requests(patient)

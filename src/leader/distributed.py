@@ -21,6 +21,11 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def is_main() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or a single process): the one that writes."""
+    return world()[0] == 0
+
+
 def ensure_process_group() -> tuple[int, int]:
     """Join the launcher's process group (a no-op without a launcher); returns :func:`world`."""
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not torch.distributed.is_initialized():
@@ -38,7 +43,7 @@ def barrier() -> None:
 def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
     """Join the rows each rank computed for its share ``range(rank, n, world)`` into the
     ``[n, ...]`` tensor in the original order (on every rank). ``local`` is on the CPU."""
-    rank, size = world()
+    size = world()[1]
     if size == 1:
         return local
     per_rank = -(-n // size)

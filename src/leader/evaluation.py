@@ -292,8 +292,7 @@ def calibrate_bundle(
     are scored again on the calibrated probabilities (the rule is returned), so that the model
     card describes what ``recommend`` will do; on other data both are kept as they were."""
     rec, data = as_bundle(model_dir), as_dataset(data)
-    drug_columns(rec, data)  # refuse a model from other data
-    cal = calibrate_on(rec.model, data, method)
+    cal = fit_calibration(rec, data, method)
     rule = metrics = None
     if data.data_hash == (rec.manifest.get("data") or {}).get("hash"):
         base = uncalibrated(rec.model)

@@ -31,7 +31,7 @@ from leader.bundle import load, save_bundle
 from leader.configs import Config, ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
-from leader.distributed import barrier, ensure_process_group, gather_rows, world
+from leader.distributed import barrier, ensure_process_group, gather_rows, is_main, world
 from leader.errors import LeaderError
 from leader.evaluation import calibrate_on, check_threshold, decide_threshold, split_metrics
 from leader.features import DEFAULT_SHARD_SIZE, FeatureTable, TeacherFeatures, teacher_hash
@@ -93,11 +93,6 @@ def _read_identity(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a torchrun / accelerate launch (or a single process)."""
-    return int(os.environ.get("RANK", 0)) == 0
 
 
 # --- teacher features for distillation ----------------------------------------------------------
@@ -210,7 +205,7 @@ def fit_model(
         raise LeaderError("give a model name with a config, or a model instance alone")
     features = _features_for(model, teacher, data)
     model.build()  # a bad backbone or length fails here, before anything is written
-    main = is_main_process()
+    main = is_main()
     run_dir = run_dir_for(out)
     thash = teacher_hash(teacher) if features is not None and teacher is not None else None
     identity = {"model": model.name, "config": model.config.identity(),

@@ -94,20 +94,21 @@ class LayerCache:
         cached (``compute`` reports its own progress)."""
         done = on_done or (lambda _n: None)
         rank, size = world() if self.directory is not None else (0, 1)
-        chunks = [(k, list(range(start, min(start + SHARD_SIZE, len(ids)))))
-                  for k, start in enumerate(range(0, len(ids), SHARD_SIZE))]
-        mine = {k for k, _ in chunks if (self._shards + k) % size == rank}
-        self._shards += len(chunks)
-        computed = 0
-        for k, rows in chunks:
-            if k not in mine:
-                continue
+        shards = []  # (rows, their sample ids, digest, path or None), in order
+        for k, start in enumerate(range(0, len(ids), SHARD_SIZE)):
+            rows = list(range(start, min(start + SHARD_SIZE, len(ids))))
             chunk_ids = [ids[i] for i in rows]
             digest = prompts_hash(chunk_ids, [tokens[i] for i in rows])
             path = self.directory and self.directory / f"{name}-{k:05d}.safetensors"
+            mine = (self._shards + k) % size == rank
+            shards.append((rows, chunk_ids, digest, path, mine))
+        self._shards += len(shards)
+        computed = 0
+        for rows, chunk_ids, digest, path, mine in shards:
+            if not mine:
+                continue
             if path is not None and path.is_file():
-                self._check_shard(path, digest)
-                self.where.update(dict.fromkeys(chunk_ids, path))
+                self._adopt(path, chunk_ids, digest)
                 done(len(rows))
                 continue
             hidden = compute(rows)
@@ -122,14 +123,16 @@ class LayerCache:
             self.where.update(dict.fromkeys(chunk_ids, path))
         if size > 1:  # the other ranks' shards, once all are written
             barrier()
-            for k, rows in chunks:
-                if k not in mine:
-                    chunk_ids = [ids[i] for i in rows]
-                    path = self.directory / f"{name}-{k:05d}.safetensors"
-                    self._check_shard(path, prompts_hash(chunk_ids, [tokens[i] for i in rows]))
-                    self.where.update(dict.fromkeys(chunk_ids, path))
+            for rows, chunk_ids, digest, path, mine in shards:
+                if not mine:
+                    self._adopt(path, chunk_ids, digest)
                     done(len(rows))
         return computed
+
+    def _adopt(self, path: Path, chunk_ids: list[str], digest: str) -> None:
+        """Serve ``chunk_ids`` from the finished shard at ``path`` (refused when stale)."""
+        self._check_shard(path, digest)
+        self.where.update(dict.fromkeys(chunk_ids, path))
 
     def _check_shard(self, path: Path, digest: str) -> None:
         with safe_open(str(path), framework="pt") as f:

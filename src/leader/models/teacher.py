@@ -25,7 +25,7 @@ from torch import nn
 from leader.configs import Config, ConfigError, option
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
-from leader.distributed import world
+from leader.distributed import is_main
 from leader.errors import LeaderError
 from leader.llm import choose_dtype, default_device, normalize_spec, resolve_llm, set_threads
 from leader.memory import estimate_peak, memory_budget_gib
@@ -509,7 +509,7 @@ class Teacher(MedModel):
             task.cache = LayerCache(directory, key)
             bs = self.config.predict_batch_size
             with counter("layer cache", len(train_samples) + len(val_samples),
-                         context.progress and world()[0] == 0) as done:
+                         context.progress and is_main()) as done:
                 cached = task.fill_cache("train", train_samples, bs, done)
                 cached += task.fill_cache("val", val_samples, bs, done)
             say(f"layer cache: lower {self.module.split} blocks computed for {cached} prompts")
