@@ -231,7 +231,7 @@ def _not_causal(tmp_path: Path) -> Path:
         (["--llm", "{empty}"], "not a Hugging Face model directory"),
         (["--llm", "{bert}"], "is not a causal language model"),
         (["--max-length", "100000"], "max_length: the model tiny takes 16 to 4096"),
-        (["--dtype", "fp8"], "dtype: expected one of auto, fp32, bf16, got 'fp8'"),
+        (["--dtype", "fp8"], "dtype: expected one of auto, fp32, bf16, fp16, got 'fp8'"),
     ],
 )
 def test_train_teacher_bad_input(small_dir, tmp_path, extra, message):

@@ -15,7 +15,7 @@ from leader.models.layer_cache import LayerCache
 from leader.models.teacher import Teacher
 from leader.pipelines import fit_model
 from leader.prompts import PromptBuilder, PromptStats
-from leader.train import cut_batches, epoch_batches, predict_in_batches, sorted_batches
+from leader.train import FitContext, cut_batches, epoch_batches, predict_in_batches, sorted_batches
 
 FAST = {"llm": "tiny", "train": {"batch_size": 4, "lr": 1e-2}}
 
@@ -232,13 +232,27 @@ def test_bf16_only_where_the_hardware_has_bf16_units(monkeypatch):
         choose_dtype("fp8", cpu)
 
 
-def test_bf16_backbone_keeps_lora_and_drug_layer_fp32(small):
-    model = Teacher(small.schema, {**FAST, "dtype": "bf16"})
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_backbone_keeps_lora_and_drug_layer_fp32(small, dtype):
+    model = Teacher(small.schema, {**FAST, "dtype": dtype})
     model.build()
     params = dict(model.module.named_parameters())
     assert params["drug_layer.weight"].dtype == torch.float32
     assert all(p.dtype == torch.float32 for n, p in params.items() if "lora_" in n)
-    assert any(p.dtype == torch.bfloat16 for n, p in params.items() if "lora_" not in n)
+    half = getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}[dtype])
+    assert any(p.dtype == half for n, p in params.items() if "lora_" not in n)
+    assert model.task().loss_scaling == (dtype == "fp16")  # fp16 only: bf16 has fp32's range
+
+
+def test_fp16_teacher_trains_with_loss_scaling(small, tmp_path):
+    """An fp16 backbone trains end to end (here on CPU): the loop scales the loss, logs the
+    scale, and the result predicts finite probabilities."""
+    model = Teacher(small.schema, {**FAST, "dtype": "fp16",
+                                   "train": {**FAST["train"], "max_steps": 3, "log_every": 1}})
+    model.fit(small, context=FitContext(tmp_path, progress=False))
+    log = (tmp_path / "log.jsonl").read_text()
+    assert '"loss_scale"' in log and "NaN" not in log
+    assert np.isfinite(model.predict_proba(small.samples("val"))).all()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal only")

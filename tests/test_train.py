@@ -42,11 +42,11 @@ def test_early_stopping_restores_best(tiny_data):
     assert result.best_step < result.steps
 
 
-def interrupted(tiny_data, tmp_path):
+def interrupted(tiny_data, tmp_path, make=LinearTask):
     """A reference run of 23 steps, and the same run killed at step 14 (checkpoint at 12)."""
     train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
     config = cfg(max_steps=23, eval_every=4)
-    ref = LinearTask(tiny_data)
+    ref = make(tiny_data)
     train(ref, train_s, val_s, config, ctx(tmp_path / "ref"))
 
     def crash(step):
@@ -55,7 +55,7 @@ def interrupted(tiny_data, tmp_path):
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train(LinearTask(tiny_data), train_s, val_s, config, ctx(run, crash))
+        train(make(tiny_data), train_s, val_s, config, ctx(run, crash))
     return ref, run, lambda task: train(task, train_s, val_s, config, ctx(run))
 
 
@@ -138,3 +138,59 @@ def test_two_process_ddp_replicas_agree(tiny_data_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = [(run / f"rank{r}-of-2.txt").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
+
+
+class HalfTask(LinearTask):
+    """The linear task with its gradient flowing back through fp16 (as through an fp16
+    backbone), the loss multiplied by ``gain`` to push that gradient out of fp16's range."""
+
+    def __init__(self, data, gain: float, loss_scaling: bool = True):
+        super().__init__(data)
+        self.gain, self.loss_scaling = gain, loss_scaling
+
+    def loss(self, module, batch):
+        logits = module(batch["x"]).half().float()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["y"])
+        return self.gain * bce, {}
+
+
+def weights_after(task, data, run_dir=None, **kw):
+    before = [p.detach().clone() for p in task.module.parameters()]
+    train(task, data.samples("train"), data.samples("val"), cfg(max_steps=6, **kw),
+          ctx(run_dir))
+    return before, list(task.module.parameters())
+
+
+def test_loss_scaling_keeps_fp16_gradients_from_underflowing(tiny_data):
+    """At gain 1e-6 the fp16 gradient is below fp16's smallest number: unscaled it is zero
+    and nothing trains; scaled (fp16 tasks) it survives and the weights move."""
+    before, after = weights_after(HalfTask(tiny_data, 1e-6, loss_scaling=False), tiny_data)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    before, after = weights_after(HalfTask(tiny_data, 1e-6), tiny_data)
+    assert not torch.equal(before[-1], after[-1])
+
+
+def test_loss_scaling_skips_overflowing_steps_and_lowers_the_scale(tiny_data, tmp_path):
+    """At gain 1e6 the scaled fp16 gradient overflows: those steps are skipped (the weights
+    stay finite) and the scale falls; the scale is logged and kept in the checkpoint."""
+    task = HalfTask(tiny_data, 1e6)
+    _, after = weights_after(task, tiny_data, tmp_path, log_every=1)
+    assert all(torch.isfinite(p).all() for p in after)
+    scales = [r["loss_scale"] for r in map(json.loads, (tmp_path / "log.jsonl").open())
+              if "loss_scale" in r]
+    assert scales[0] < 65536.0 and scales == sorted(scales, reverse=True)
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["loss_scale"]["scale"] == scales[-1]
+    plain = LinearTask(tiny_data)  # every other task: no scaling, nothing logged
+    train(plain, tiny_data.samples("train"), tiny_data.samples("val"), cfg(max_steps=2,
+          log_every=1), ctx(tmp_path / "plain"))
+    assert "loss_scale" not in (tmp_path / "plain" / "log.jsonl").read_text()
+
+
+def test_resume_restores_the_loss_scale(tiny_data, tmp_path):
+    """The scale falls over the first steps at gain 1e6; a resumed run that started again
+    from 65536 would skip other steps and end elsewhere."""
+    ref, run, resume = interrupted(tiny_data, tmp_path, lambda d: HalfTask(d, 1e6))
+    resumed = HalfTask(tiny_data, 1e6)
+    assert resume(resumed).steps == 23
+    assert_same_weights(ref, resumed)

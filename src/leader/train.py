@@ -347,6 +347,7 @@ class LoopState:
     bad_evals: int = 0
     last_eval_step: int = -1
     done: bool = False
+    loss_scale: dict = field(default_factory=dict)  # GradScaler state (fp16 tasks), resumed
     history: list[dict] = field(default_factory=list)
 
 
@@ -364,6 +365,7 @@ class Run:
     rank: int
     is_main: bool
     on_eval: Callable[[int, float], None] | None = None
+    scaler: torch.amp.GradScaler | None = None
     state: LoopState = field(default_factory=LoopState)
     best: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -371,6 +373,8 @@ class Run:
         self.run_dir = Path(self.run_dir) if self.run_dir is not None else None
         self.state = LoopState(config=self.config.identity())
         self.best = trainable_state(self.module)
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(enabled=False)
 
     @property
     def saving(self) -> bool:
@@ -389,6 +393,8 @@ class Run:
                     "options; use the same options to resume, or --force to start again"
                 )
             self.state = resumed
+            if resumed.loss_scale and self.scaler.is_enabled():
+                self.scaler.load_state_dict(resumed.loss_scale)
         if (self.run_dir / BEST).is_file():
             self.best = load_file(str(self.run_dir / BEST))
 
@@ -399,6 +405,8 @@ class Run:
                 f.write(json.dumps(record) + "\n")
 
     def checkpoint(self) -> None:
+        if self.scaler.is_enabled():
+            self.state.loss_scale = self.scaler.state_dict()
         if self.run_dir is not None:
             save_checkpoint(self.run_dir, self.module, self.opt, self.state, self.rank,
                             self.is_main)
@@ -454,10 +462,15 @@ def train(
     fused = all(p.dtype in (torch.float32, torch.float64) for p in params)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     wrapped, opt = accelerator.prepare(module, opt)
+    # dynamic loss scaling for half-precision (fp16) backbones, whose small gradients underflow:
+    # the loss is scaled up, the gradients unscaled before clipping, a step with inf/NaN
+    # gradients skipped and the scale lowered (a no-op for every other task)
+    scaler = torch.amp.GradScaler(accelerator.device.type,
+                                  enabled=bool(getattr(task, "loss_scaling", False)))
 
-    # resume: the checkpoint's loop state, weights, optimiser and RNG
+    # resume: the checkpoint's loop state, weights, optimiser, loss scale and RNG
     run = Run(task, module, opt, config, val_samples, context.run_dir, rank, is_main,
-              context.on_eval)
+              context.on_eval, scaler)
     run.resume()
     state = run.state
 
@@ -476,22 +489,25 @@ def train(
         for b in range(state.batch, len(batches)):
             batch = task.collate([train_samples[i] for i in batches[b]])
             loss, logs = task.loss(wrapped, to_device(batch, accelerator.device))
-            accelerator.backward(loss / config.grad_accum)
+            accelerator.backward(scaler.scale(loss / config.grad_accum))
             losses.append(float(loss.detach()))
             seen += len(batches[b]) * world
             state.batch = b + 1
             if (b + 1) % config.grad_accum and b + 1 < len(batches):
                 continue  # accumulate
+            scaler.unscale_(opt)
             if config.max_grad_norm:
                 accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            opt.step()
+            scaler.step(opt)  # skipped when the unscaled gradients hold inf/NaN
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             state.step += 1
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             progress.update(state.step, float(np.mean(losses[-20:])), rate)
             if state.step % config.log_every == 0:
+                scale = {"loss_scale": scaler.get_scale()} if scaler.is_enabled() else {}
                 run.log({"step": state.step, "epoch": state.epoch,
-                         "loss": float(np.mean(losses)), "samples_per_s": rate, **logs})
+                         "loss": float(np.mean(losses)), "samples_per_s": rate, **scale, **logs})
                 losses = []
             if context.on_step is not None:
                 context.on_step(state.step)

@@ -27,7 +27,14 @@ from leader.data.dataset import Dataset
 from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.distributed import is_main
 from leader.errors import LeaderError
-from leader.llm import choose_dtype, default_device, normalize_spec, resolve_llm, set_threads
+from leader.llm import (
+    LOSS_SCALED,
+    choose_dtype,
+    default_device,
+    normalize_spec,
+    resolve_llm,
+    set_threads,
+)
 from leader.memory import estimate_peak, memory_budget_gib
 from leader.models.base import MedModel, register, start_from_frequencies
 from leader.models.layer_cache import LayerCache, backbone_key
@@ -56,7 +63,8 @@ class TeacherConfig(Config):
     llm: str = option("smollm2", "Backbone: smollm2, tiny, or a local Hugging Face causal-LM "
                       "directory.")
     dtype: str = option("auto", "Backbone precision: auto (bf16 where the hardware has bf16 "
-                        "matrix units, else fp32).", choices=("auto", "fp32", "bf16"))
+                        "matrix units, else fp32); fp16 (GPUs without bf16) trains with dynamic "
+                        "loss scaling.", choices=("auto", "fp32", "bf16", "fp16"))
     quantize: str | None = option(None, "Load the backbone in 4bit or 8bit (QLoRA; CUDA + "
                                   "bitsandbytes).", choices=("4bit", "8bit"))
     lora_r: int = option(8, "LoRA rank (0: train the drug layer only).", ge=0)
@@ -260,8 +268,9 @@ class TeacherTask:
     """
 
     def __init__(self, module: TeacherModule, builder: PromptBuilder, tokenizer, drugs, margin,
-                 max_batch_tokens: int | None = None):
+                 max_batch_tokens: int | None = None, loss_scaling: bool = False):
         self.module = module
+        self.loss_scaling = loss_scaling  # fp16 backbone: the loop scales the loss
         self.builder = builder
         self.tokenizer = tokenizer
         self.drugs = drugs
@@ -438,6 +447,7 @@ class Teacher(MedModel):
                 self.schema.drugs,
                 self.config.margin_weight,
                 self.config.max_batch_tokens,
+                loss_scaling=self.dtype in LOSS_SCALED,
             )
         return self._task
 
