@@ -39,6 +39,7 @@ VARIANTS = {
     "no-wide": ("--no-wide",),
     "no-frequency-bias": ("--no-frequency-bias",),
     "transformer-sets": ("--set-encoder", "transformer"),
+    "no-hierarchy": ("--no-hierarchy",),
 }
 
 

@@ -186,6 +186,7 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
 
 FLAGS = [
     {"preset": "reference"},
+    {"hierarchy": False},
     {},  # the default preset
     {"wide": False},
     {"frequency_bias": False},
@@ -220,7 +221,8 @@ def test_presets_differ_only_where_documented(tiny_data):
     default = StudentConfig().to_dict()
     assert default == StudentConfig.from_dict({}).to_dict() and default["preset"] == "leader"
     changed = {k for k in ref if ref[k] != default[k]} - {"preset"}
-    assert changed == set(PRESETS["reference"]) == {"wide", "frequency_bias", "set_encoder"}
+    assert changed == set(PRESETS["reference"]) == {"wide", "frequency_bias", "set_encoder",
+                                                    "hierarchy"}
     # the reference student itself: pre-norm GELU, ff 300, dropout 0.4 / 0.1, one shared visit
     # encoder without positions, feature before activation, InfoNCE tau 1, 64-d projections, sum
     assert (ref["norm_first"], ref["activation"], ref["ff"]) == (True, "gelu", 300)
@@ -282,6 +284,11 @@ def test_wide_path_and_frequency_bias(tiny_data):
         by_hand = by_hand + wide.codes["drugs"].weight[batch.prev_drugs[0, -1]].sum(0)
         for i, emb in enumerate(wide.fields):
             by_hand = by_hand + emb.weight[batch.profile[0, i]]
+        current = {"diagnoses": dx, "procedures": batch.procedures[0, -1],
+                   "drugs": batch.prev_drugs[0, -1]}
+        for kind, group in wide.groups.items():  # each code's category adds its own vector
+            by_hand = by_hand + group.embed.weight[group.of_code[current[kind]]].sum((0, 1))
+    assert set(wide.groups) == {"diagnoses", "procedures", "drugs"}
     torch.testing.assert_close(direct[0], by_hand * wide.scale)
     none = make_student(tiny_data, wide=False, frequency_bias=False)
     one_step(none, tiny_data)
@@ -297,3 +304,50 @@ def test_a_bundle_from_before_the_presets_is_refused_clearly(tiny_data, tmp_path
     (out / "model.json").write_text(json.dumps(cfg))
     with pytest.raises(LeaderError, match="older leader"):
         bundle.load(out, verify=False)
+
+
+# --- the code hierarchy -------------------------------------------------------------------------
+
+
+def test_code_groups_by_system():
+    from leader.data.hierarchy import code_group, group_ids
+
+    cases = {("diagnoses", "icd9:25013"): "icd9:d:250", ("diagnoses", "icd9:E8800"): "icd9:d:E880",
+             ("diagnoses", "icd9:V4581"): "icd9:d:V45", ("procedures", "icd9:3722"): "icd9:p:37",
+             ("diagnoses", "icd10:E119"): "icd10:d:E11",
+             ("procedures", "icd10:0FB04ZX"): "icd10:p:0FB", ("drugs", "C09A"): "atc:C09",
+             ("diagnoses", "omop:4329847"): None, ("diagnoses", "icd9:25"): None}
+    for (kind, code), group in cases.items():
+        assert code_group(kind, code) == group, code
+    # ids from 1 in order of first use; a group of one code is none; row 0 is padding
+    table = group_ids("diagnoses", ["icd9:25013", "icd9:4019", "icd9:25002", "icd10:E119"])
+    assert table == [[0], [1], [0], [1], [0]]
+
+
+def test_hierarchy_shares_a_category_between_its_codes(tiny_data):
+    """Procedures icd9:3600..3611 share category 36: each one's set vector is its own embedding
+    plus the ONE category embedding; without --hierarchy there is no category table."""
+    student = make_student(tiny_data)
+    sets = student.module.sets["procedures"]
+    codes = tiny_data.schema.vocab["procedures"].codes
+    ids = torch.tensor([[codes.index("icd9:3600") + 1], [codes.index("icd9:3611") + 1]])
+    with torch.no_grad():
+        shared = sets(ids) - sets.embed(ids).squeeze(1)
+    assert sets.group is not None and sets.group.embed.num_embeddings == 2  # padding + "36"
+    torch.testing.assert_close(shared[0], sets.group.embed.weight[1])
+    torch.testing.assert_close(shared[1], sets.group.embed.weight[1])
+    plain = make_student(tiny_data, hierarchy=False)
+    assert plain.module.sets["procedures"].group is None and not plain.module.wide.groups
+
+
+def test_a_bundle_from_before_the_hierarchy_loads_without_it(tiny_data, tmp_path):
+    student = make_student(tiny_data, hierarchy=False)
+    out = bundle.save_bundle(student, tmp_path / "s")
+    cfg = json.loads((out / "model.json").read_text())
+    del cfg["config"]["hierarchy"]
+    (out / "model.json").write_text(json.dumps(cfg))
+    loaded = bundle.load(out, verify=False)
+    assert loaded.model.config.hierarchy is False
+    samples = tiny_data.samples("val")
+    np.testing.assert_allclose(loaded.model.predict_proba(samples),
+                               student.predict_proba(samples), rtol=1e-5, atol=1e-6)

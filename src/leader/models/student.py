@@ -32,12 +32,14 @@ from typing import Any, Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from leader.artifacts import read_json
 from leader.configs import Config, ConfigError, option
 from leader.data import sources
 from leader.data.dataset import Dataset, Schema
+from leader.data.hierarchy import group_ids
 from leader.data.samples import CodeBatch, CodeEncoder, Sample
 from leader.data.vocab import CODE_KINDS
 from leader.distill import FEATURE_LOSSES, bce_loss, feature_loss, info_nce
@@ -52,7 +54,8 @@ FALLBACK_SOURCE = "mimic3"
 # What each preset changes from the config's defaults; settings given explicitly win.
 PRESETS: dict[str, dict[str, Any]] = {
     "leader": {},
-    "reference": {"wide": False, "frequency_bias": False, "set_encoder": "transformer"},
+    "reference": {"wide": False, "frequency_bias": False, "set_encoder": "transformer",
+                  "hierarchy": False},
 }
 
 
@@ -91,6 +94,8 @@ class StudentConfig(Config):
     wide_scale: float = option(4.0, "Wide logits = scale x weights (Adam moves them scale x "
                                "faster).", gt=0)
     wide_l2: float = option(1e-3, "L2 on the wide path's logit weights, per drug.", ge=0)
+    hierarchy: bool = option(True, "Add each code's group (ICD category, ATC level 2) to its "
+                             "embedding and wide weights: rare codes share their category's.")
     frequency_bias: bool = option(True, "Start the output bias at each drug's training "
                                   "log-odds.")
     max_visits: int = option(10, "Last K visits the student reads.", ge=1)
@@ -178,6 +183,32 @@ def _encoder(
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+class GroupEmbedding(nn.Module):
+    """Code ids [...] → the summed embeddings of each code's groups, one per level of the table
+    (ICD category, ATC level 2; see :mod:`leader.data.hierarchy`) [..., d]; a missing group,
+    and padding, adds zeros.
+
+    The code → groups table is derived from the vocabulary, so it is not saved (non-persistent).
+    """
+
+    def __init__(self, groups: Sequence[Sequence[int]], d: int):
+        super().__init__()
+        table = torch.tensor([list(g) for g in groups], dtype=torch.long)
+        self.register_buffer("of_code", table, persistent=False)
+        self.embed = nn.Embedding(int(table.max()) + 1, d, padding_idx=0)
+
+    def bag(self, ids: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Summed over a set: ids [B, L] (per-code weights [B, L] or None) → [B, d]."""
+        groups = self.of_code[ids].flatten(1)  # [B, L * levels]
+        if weights is not None:
+            weights = weights.repeat_interleave(self.of_code.shape[1], dim=1)
+        return F.embedding_bag(groups, self.embed.weight, mode="sum",
+                               per_sample_weights=weights, padding_idx=0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(self.of_code[ids]).sum(-2)
+
+
 class SetEncoder(nn.Module):
     """Code ids [..., L] (0 = padding) → one vector per set [..., d]; empty sets give zeros.
 
@@ -185,12 +216,14 @@ class SetEncoder(nn.Module):
     no set uses are trimmed): many small calls cost more in overhead than the padding they save.
     """
 
-    def __init__(self, vocab_size: int, d: int, layers: int, kind: str, **block: Any):
+    def __init__(self, vocab_size: int, d: int, layers: int, kind: str,
+                 groups: Sequence[Sequence[int]] | None = None, **block: Any):
         super().__init__()
         if kind not in ("transformer", "mean"):
             raise LeaderError(f"student set_encoder {kind!r}: expected transformer or mean")
         self.dim = d
         self.embed = nn.Embedding(vocab_size, d, padding_idx=0)
+        self.group = GroupEmbedding(groups, d) if groups is not None else None
         # "mean": the codes' embeddings averaged, no interaction between codes (cheaper)
         self.encoder = _encoder(d, layers=layers, **block) if kind == "transformer" else None
 
@@ -205,6 +238,8 @@ class SetEncoder(nn.Module):
             width = int(sizes.max())  # sets are left-packed by the collate
             x, m = flat[rows, :width], present[rows, :width]
             h = self.embed(x)
+            if self.group is not None:
+                h = h + self.group(x)
             if self.encoder is not None:
                 h = self.encoder(h, src_key_padding_mask=~m)
             w = m.unsqueeze(-1).to(h.dtype)
@@ -256,12 +291,16 @@ class WidePath(nn.Module):
         n_drugs: int,
         dropout: float = 0.0,
         scale: float = 1.0,
+        groups: dict[str, Sequence[Sequence[int]]] | None = None,
     ):
         super().__init__()
         self.dropout, self.scale = dropout, scale
         self.codes = nn.ModuleDict(
             {k: nn.EmbeddingBag(sizes[k], n_drugs, mode="sum", padding_idx=0) for k in KINDS}
         )
+        # each code's group adds a logit vector of its own (shared by the group's codes)
+        self.groups = nn.ModuleDict({k: GroupEmbedding(g, n_drugs) for k, g in
+                                     (groups or {}).items()})
         self.fields = nn.ModuleList(nn.Embedding(n, n_drugs) for n in profile_sizes)
         for p in self.parameters():
             nn.init.zeros_(p)
@@ -272,8 +311,12 @@ class WidePath(nn.Module):
             "procedures": batch.procedures[:, -1],
             "drugs": batch.prev_drugs[:, -1],
         }
-        out = sum(self.codes[k](ids, per_sample_weights=self._keep(ids)) for k, ids in
-                  current.items())
+        out = 0
+        for k, ids in current.items():
+            keep = self._keep(ids)
+            out = out + self.codes[k](ids, per_sample_weights=keep)
+            if k in self.groups:
+                out = out + self.groups[k].bag(ids, keep)
         for i, emb in enumerate(self.fields):
             out = out + emb(batch.profile[:, i])
         return out * self.scale
@@ -316,6 +359,7 @@ class StudentModule(nn.Module):
         wide_scale: float = 1.0,
         max_visits: int = 10,
         use_profile: bool = True,
+        groups: dict[str, Sequence[Sequence[int]]] | None = None,
         **_: Any,
     ):
         super().__init__()
@@ -326,7 +370,8 @@ class StudentModule(nn.Module):
         )
         self.sets = nn.ModuleDict(
             {
-                kind: SetEncoder(sizes[kind], layers=set_layers, kind=set_encoder, **block)
+                kind: SetEncoder(sizes[kind], layers=set_layers, kind=set_encoder,
+                                 groups=(groups or {}).get(kind), **block)
                 for kind in KINDS
             }
         )
@@ -347,7 +392,8 @@ class StudentModule(nn.Module):
         self.feature_before_activation = bool(feature_before_activation)
         self.head = nn.Linear(hidden, n_drugs)
         self.wide = (
-            WidePath(sizes, profile_sizes, n_drugs, wide_dropout, wide_scale) if wide else None
+            WidePath(sizes, profile_sizes, n_drugs, wide_dropout, wide_scale, groups)
+            if wide else None
         )
 
     def profile_vector(self, profile: torch.Tensor) -> torch.Tensor:
@@ -538,8 +584,11 @@ class Student(MedModel):
     def build(self) -> None:
         enc = self.encoder
         arch = {k: v for k, v in self.config.to_dict().items() if k in ARCHITECTURE}
+        groups = None
+        if self.config.hierarchy:
+            groups = {k: group_ids(k, self.schema.vocab[k].codes) for k in KINDS}
         self.module = StudentModule(enc.sizes(), enc.profile_sizes(), len(self.schema.drugs),
-                                    **arch)
+                                    groups=groups, **arch)
         self.module.eval()
 
     def fit(self, data: Dataset, context: FitContext | None = None) -> Student:
@@ -569,6 +618,13 @@ class Student(MedModel):
                 "config); train it again with `leader distill`"
             )
         return super().load(directory, schema)
+
+    @classmethod
+    def read_config(cls, directory: Path) -> StudentConfig:
+        """A bundle saved before ``hierarchy`` existed was trained without it."""
+        config = super().read_config(directory)
+        raw = read_json(directory / MODEL_CONFIG)["config"]
+        return config if "hierarchy" in raw else config.replace(hierarchy=False)
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample], batch_size: int = 512) -> np.ndarray:
