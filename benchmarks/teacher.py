@@ -27,10 +27,12 @@ Quality (the issue's "new defaults within resampling noise of the old path"): wi
 ``--val-samples M`` each configuration, after its training, scores the first M validation
 visits the same way; the summary gives each one's validation PRAUC with its std over 10
 resamples of 80%, and the paired difference new - old with a 95% bootstrap interval. E.g.
-``--configs old,new --train-samples 300 --epochs 2 --val-samples 136 --parallel`` (both at
-once, one core each: the timings of such a run are not comparable, the PRAUC is). Wall-clock AND process CPU seconds are reported:
-on a shared machine the CPU figures are the fairer comparison. Prints one JSON object with
-ratios new/old.
+``--configs old,new --train-samples 256 --epochs 2 --val-samples 136 --old-grad-accum 4
+--parallel`` (the same 8 samples per optimiser step in both; both at once, one core each: the
+timings of such a run are not comparable, the PRAUC is).
+
+Wall-clock AND process CPU seconds are reported: on a shared machine the CPU figures are the
+fairer comparison. Prints one JSON object with ratios new/old.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     export_samples = data.samples()[: args.export_samples]
     batch_size = args.old_batch_size if name == "old" else args.batch_size
     config = {"llm": args.llm, **CONFIGS[name],
-              "train": {"batch_size": batch_size, "epochs": args.epochs, "seed": 0}}
+              "train": {"batch_size": batch_size, "epochs": args.epochs, "seed": 0,
+                        "grad_accum": args.old_grad_accum if name == "old" else 1}}
     t0 = time.perf_counter()
     model = Teacher(data.schema, config)
     model.build()
@@ -229,6 +232,8 @@ def main() -> None:
     ap.add_argument("--export-samples", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--old-batch-size", type=int, default=2)
+    ap.add_argument("--old-grad-accum", type=int, default=1,
+                    help="old path: batches per optimiser step (4 x 2 = the new batch of 8)")
     ap.add_argument("--configs", default="old,new,new-k4")
     ap.add_argument("--epochs", type=int, default=1, help="passes over the training subset")
     ap.add_argument("--val-samples", type=int, default=0,
