@@ -351,3 +351,18 @@ def test_a_bundle_from_before_the_hierarchy_loads_without_it(tiny_data, tmp_path
     samples = tiny_data.samples("val")
     np.testing.assert_allclose(loaded.model.predict_proba(samples),
                                student.predict_proba(samples), rtol=1e-5, atol=1e-6)
+
+
+def test_wide_l2_shrinks_with_more_training_samples(tiny_data):
+    """sqrt(4000 / N): the configured weight at 4,000 samples, twice it at 1,000, half at
+    16,000; fixed with wide_l2_scaled off. The weight used is in the fit summary."""
+    cfg = StudentConfig(wide_l2=1e-3)
+    assert cfg.wide_penalty(4000) == pytest.approx(1e-3)
+    assert cfg.wide_penalty(1000) == pytest.approx(2e-3)
+    assert cfg.wide_penalty(16000) == pytest.approx(5e-4)
+    assert cfg.replace(wide_l2_scaled=False).wide_penalty(16000) == 1e-3
+    student = make_student(tiny_data, alpha=0, train={"epochs": 1, "batch_size": 8})
+    student.fit(tiny_data, FitContext(progress=False))
+    n = len(tiny_data.samples("train"))
+    assert student.fit_summary["wide_l2"] == pytest.approx(student.config.wide_penalty(n))
+    assert student.fit_summary["wide_l2"] > 1e-3  # a tiny cohort: more shrinkage
