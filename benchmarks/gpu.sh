@@ -13,7 +13,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.t
 [ -d "$OUT/raw" ] || "$PY" -m leader.cli synth --format mimic4 --patients 2000 --seed 1 --out "$OUT/raw" >/dev/null
 [ -d "$OUT/data" ] || "$PY" -m leader.cli prepare --source mimic4 --root "$OUT/raw" --out "$OUT/data" >/dev/null
 "$PY" -m leader.cli prompt-stats "$OUT/data" --llm smollm2 | tee "$OUT/prompts.txt"
-configs="old,new,new-k4,new-ckpt"
+configs="old,new,new-k4,new-ckpt,new-fp16"
 if "$PY" -c "import bitsandbytes" 2>/dev/null; then configs="$configs,new-4bit,new-8bit"; fi
 timeout 420 "$PY" benchmarks/teacher.py --data "$OUT/data" --llm smollm2 \
   --train-samples 256 --export-samples 512 --batch-size 8 --old-batch-size 8 \

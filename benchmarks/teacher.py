@@ -17,8 +17,8 @@ prompt is shortened here). Configurations:
 - ``new``: every new default (auto dtype, 1 thread, length buckets, 4,096-token cap, all layers).
 - ``new-k4``: the new defaults with ``--train-layers 4``; the layer-cache fill (one forward of
   the lower blocks per prompt) is timed separately and also amortised over one epoch.
-- ``new-ckpt``, ``new-4bit``, ``new-8bit``: gradient checkpointing, QLoRA 4/8-bit (GPU only;
-  used by ``benchmarks/gpu.sh``).
+- ``new-ckpt``, ``new-fp16``, ``new-4bit``, ``new-8bit``: gradient checkpointing, an fp16
+  backbone with loss scaling, QLoRA 4/8-bit (GPU only; used by ``benchmarks/gpu.sh``).
 
 Training: all training samples once through the loop (one epoch of the subset; ``--epochs``
 more); the first optimiser step is a warm-up and is not counted.
@@ -52,6 +52,7 @@ CONFIGS = {
     "new": {},
     "new-k4": {"train_layers": 4},
     "new-ckpt": {"gradient_checkpointing": "on"},
+    "new-fp16": {"dtype": "fp16"},  # GPUs without bf16; the loop scales the loss
     "new-4bit": {"quantize": "4bit"},  # GPU only (bitsandbytes)
     "new-8bit": {"quantize": "8bit"},  # GPU only (bitsandbytes)
 }
