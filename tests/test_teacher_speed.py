@@ -305,3 +305,18 @@ def test_metrics_from_the_export_pass_equal_a_separate_scoring_pass(small_dir, s
     np.testing.assert_allclose(torch.sigmoid(logits).numpy(), probs, atol=1e-5)
     manifest = __import__("json").loads((out / "manifest.json").read_text())
     assert "prompts" in manifest["training"] and manifest["training"]["dtype"] == "fp32"
+
+
+def test_a_batch_cut_by_the_token_cap_weighs_its_samples_like_a_full_one(small):
+    """Length buckets capped in tokens give long prompts smaller batches; the loss is per
+    sample (rows / nominal batch x the batch mean), so those samples do not weigh more."""
+    model = Teacher(small.schema, FAST)  # nominal batch 4
+    task = model.task()
+    samples = small.samples("train")[:4]
+    with torch.no_grad():
+        full, _ = task.loss(model.module, task.collate(samples))
+        two, _ = task.loss(model.module, task.collate(samples[:2]))
+        task.batch_size = None  # the plain batch mean, for reference
+        mean_two, _ = task.loss(model.module, task.collate(samples[:2]))
+    torch.testing.assert_close(two, mean_two * 2 / 4)
+    assert torch.isfinite(full)

@@ -268,8 +268,11 @@ class TeacherTask:
     """
 
     def __init__(self, module: TeacherModule, builder: PromptBuilder, tokenizer, drugs, margin,
-                 max_batch_tokens: int | None = None, loss_scaling: bool = False):
+                 max_batch_tokens: int | None = None, loss_scaling: bool = False,
+                 batch_size: int | None = None):
         self.module = module
+        # the nominal batch: a batch the token cap cut smaller weighs its samples the same
+        self.batch_size = batch_size
         self.loss_scaling = loss_scaling  # fp16 backbone: the loop scales the loss
         self.builder = builder
         self.tokenizer = tokenizer
@@ -357,11 +360,18 @@ class TeacherTask:
     def loss(self, module: nn.Module, batch: PromptBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
         bce = F.binary_cross_entropy_with_logits(logits, batch.target)
-        if not self.margin_weight:
-            return bce, {"bce": float(bce.detach())}
-        margin = F.multilabel_margin_loss(logits, margin_targets(batch.target))
-        total = bce + self.margin_weight * margin
-        return total, {"bce": float(bce.detach()), "margin": float(margin.detach())}
+        logs = {"bce": float(bce.detach())}
+        total = bce
+        if self.margin_weight:
+            margin = F.multilabel_margin_loss(logits, margin_targets(batch.target))
+            total = bce + self.margin_weight * margin
+            logs["margin"] = float(margin.detach())
+        # per sample, not per batch: length buckets capped in tokens make batches of long
+        # prompts smaller, and a batch mean would weigh each of their samples more
+        rows = batch.target.shape[0]
+        if self.batch_size and rows < self.batch_size:
+            total = total * (rows / self.batch_size)
+        return total, logs
 
     def predict(self, module: nn.Module, batch: PromptBatch) -> torch.Tensor:
         logits, _ = module(batch.input_ids, batch.attention_mask, batch.lower)
@@ -448,6 +458,7 @@ class Teacher(MedModel):
                 self.config.margin_weight,
                 self.config.max_batch_tokens,
                 loss_scaling=self.dtype in LOSS_SCALED,
+                batch_size=self.config.train.batch_size,
             )
         return self._task
 
