@@ -150,8 +150,7 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
         from leader.train import predict_in_batches
 
         val = data.samples("val")[: args.val_samples]
-        task.cache = None if model.module.split is None else task.cache
-        if model.module.split is not None:
+        if model.module.split is not None:  # the layer cache is the training one
             task.fill_cache("val", val, model.config.predict_batch_size)
         probs = predict_in_batches(task, val, model.config.predict_batch_size)
         ap = average_precision(multi_hot([s.target for s in val], data.drugs).numpy() > 0, probs)

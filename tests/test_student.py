@@ -287,7 +287,7 @@ def test_wide_path_and_frequency_bias(tiny_data):
         current = {"diagnoses": dx, "procedures": batch.procedures[0, -1],
                    "drugs": batch.prev_drugs[0, -1]}
         for kind, group in wide.groups.items():  # each code's category adds its own vector
-            by_hand = by_hand + group.embed.weight[group.of_code[current[kind]]].sum((0, 1))
+            by_hand = by_hand + group.embed.weight[group.of_code[current[kind]]].sum(0)
     assert set(wide.groups) == {"diagnoses", "procedures", "drugs"}
     torch.testing.assert_close(direct[0], by_hand * wide.scale)
     none = make_student(tiny_data, wide=False, frequency_bias=False)
@@ -319,9 +319,9 @@ def test_code_groups_by_system():
              ("diagnoses", "omop:4329847"): None, ("diagnoses", "icd9:25"): None}
     for (kind, code), group in cases.items():
         assert code_group(kind, code) == group, code
-    # ids from 1 in order of first use; a group of one code is none; row 0 is padding
+    # ids from 1 in order of first use; a group of one code is none; entry 0 is padding
     table = group_ids("diagnoses", ["icd9:25013", "icd9:4019", "icd9:25002", "icd10:E119"])
-    assert table == [[0], [1], [0], [1], [0]]
+    assert table == [0, 1, 0, 1, 0]
 
 
 def test_hierarchy_shares_a_category_between_its_codes(tiny_data):

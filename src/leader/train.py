@@ -365,7 +365,8 @@ class Run:
     rank: int
     is_main: bool
     on_eval: Callable[[int, float], None] | None = None
-    scaler: torch.amp.GradScaler | None = None
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False))
     state: LoopState = field(default_factory=LoopState)
     best: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -373,8 +374,6 @@ class Run:
         self.run_dir = Path(self.run_dir) if self.run_dir is not None else None
         self.state = LoopState(config=self.config.identity())
         self.best = trainable_state(self.module)
-        if self.scaler is None:
-            self.scaler = torch.amp.GradScaler(enabled=False)
 
     @property
     def saving(self) -> bool:

@@ -76,6 +76,10 @@ class Dataset:
         frame = self.visits if split is None else self.visits.filter(pl.col("split") == split)
         return build_samples(frame, self.profile_fields, mode=mode)
 
+    def n_samples(self, split: str) -> int:
+        """``len(self.samples(split))`` without building them: one sample per visit."""
+        return self.visits.filter(pl.col("split") == split).height
+
     @classmethod
     def load(cls, root: str | Path) -> Dataset:
         root = Path(root)

@@ -35,9 +35,9 @@ def code_group(kind: str, code: str) -> str | None:
     return f"{system}:{kind[0]}:{value[:width]}" if len(value) >= width else None
 
 
-def group_ids(kind: str, codes: Sequence[str]) -> list[list[int]]:
-    """Per code of a vocabulary (in its order), ``[id of its group]`` (ids from 1; 0: none),
-    after a leading ``[0]`` for the padding id: a table with one column per group level.
+def group_ids(kind: str, codes: Sequence[str]) -> list[int]:
+    """Per code of a vocabulary (in its order), the id of its group (from 1; 0: none), after a
+    leading 0 for the padding id.
 
     A group that only one code of the vocabulary has is no group: it would merely duplicate
     that code's own embedding.
@@ -48,7 +48,5 @@ def group_ids(kind: str, codes: Sequence[str]) -> list[list[int]]:
         if k is not None:
             counts[k] = counts.get(k, 0) + 1
     index: dict[str, int] = {}
-    table = [[0]]
-    for k in keys:
-        table.append([0 if k is None or counts[k] < 2 else index.setdefault(k, len(index) + 1)])
-    return table
+    return [0] + [0 if k is None or counts[k] < 2 else index.setdefault(k, len(index) + 1)
+                  for k in keys]

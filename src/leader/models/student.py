@@ -198,29 +198,25 @@ def _encoder(
 
 
 class GroupEmbedding(nn.Module):
-    """Code ids [...] → the summed embeddings of each code's groups, one per level of the table
-    (ICD category, ATC level 2; see :mod:`leader.data.hierarchy`) [..., d]; a missing group,
-    and padding, adds zeros.
+    """Code ids [...] → the embedding of each code's group (ICD category, ATC level 2; see
+    :mod:`leader.data.hierarchy`) [..., d]; a code without a group, and padding, gives zeros.
 
-    The code → groups table is derived from the vocabulary, so it is not saved (non-persistent).
+    The code → group table is derived from the vocabulary, so it is not saved (non-persistent).
     """
 
-    def __init__(self, groups: Sequence[Sequence[int]], d: int):
+    def __init__(self, groups: Sequence[int], d: int):
         super().__init__()
-        table = torch.tensor([list(g) for g in groups], dtype=torch.long)
+        table = torch.tensor(list(groups), dtype=torch.long)
         self.register_buffer("of_code", table, persistent=False)
         self.embed = nn.Embedding(int(table.max()) + 1, d, padding_idx=0)
 
     def bag(self, ids: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
         """Summed over a set: ids [B, L] (per-code weights [B, L] or None) → [B, d]."""
-        groups = self.of_code[ids].flatten(1)  # [B, L * levels]
-        if weights is not None:
-            weights = weights.repeat_interleave(self.of_code.shape[1], dim=1)
-        return F.embedding_bag(groups, self.embed.weight, mode="sum",
+        return F.embedding_bag(self.of_code[ids], self.embed.weight, mode="sum",
                                per_sample_weights=weights, padding_idx=0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embed(self.of_code[ids]).sum(-2)
+        return self.embed(self.of_code[ids])
 
 
 class SetEncoder(nn.Module):
@@ -231,7 +227,7 @@ class SetEncoder(nn.Module):
     """
 
     def __init__(self, vocab_size: int, d: int, layers: int, kind: str,
-                 groups: Sequence[Sequence[int]] | None = None, **block: Any):
+                 groups: Sequence[int] | None = None, **block: Any):
         super().__init__()
         if kind not in ("transformer", "mean"):
             raise LeaderError(f"student set_encoder {kind!r}: expected transformer or mean")
@@ -305,7 +301,7 @@ class WidePath(nn.Module):
         n_drugs: int,
         dropout: float = 0.0,
         scale: float = 1.0,
-        groups: dict[str, Sequence[Sequence[int]]] | None = None,
+        groups: dict[str, Sequence[int]] | None = None,
     ):
         super().__init__()
         self.dropout, self.scale = dropout, scale
@@ -373,7 +369,7 @@ class StudentModule(nn.Module):
         wide_scale: float = 1.0,
         max_visits: int = 10,
         use_profile: bool = True,
-        groups: dict[str, Sequence[Sequence[int]]] | None = None,
+        groups: dict[str, Sequence[int]] | None = None,
         **_: Any,
     ):
         super().__init__()
@@ -619,7 +615,7 @@ class Student(MedModel):
         self.build()
         if self.config.frequency_bias:
             start_from_frequencies(self.module.head.bias, data)
-        wide_l2 = self.config.wide_penalty(len(data.samples("train")))
+        wide_l2 = self.config.wide_penalty(data.n_samples("train"))
         self.run_loop(DistillTask(self, context.teacher, wide_l2), data, context)
         if self.module.wide is not None:
             self.fit_summary["wide_l2"] = wide_l2  # the weight used, in the bundle manifest
