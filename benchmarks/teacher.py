@@ -105,7 +105,7 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     export_samples = data.samples()[: args.export_samples]
     batch_size = args.old_batch_size if name == "old" else args.batch_size
     config = {"llm": args.llm, **CONFIGS[name],
-              "train": {"batch_size": batch_size, "epochs": args.epochs, "seed": 0,
+              "train": {"batch_size": batch_size, "epochs": args.epochs, "seed": args.seed,
                         "grad_accum": args.old_grad_accum if name == "old" else 1}}
     t0 = time.perf_counter()
     model = Teacher(data.schema, config)
@@ -240,8 +240,21 @@ def main() -> None:
                     help="score this many validation visits after training (PRAUC, paired)")
     ap.add_argument("--parallel", action="store_true",
                     help="run the configurations at the same time (for PRAUC, not timings)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="data order, LoRA and drug-layer initialisation (the same in each config)")
+    ap.add_argument("--pair", nargs=2, type=Path, metavar=("A.json", "B.json"),
+                    help="no training: pair the validation APs of two earlier outputs (e.g. two "
+                    "seeds), config by config (B - A), to size the run-to-run noise")
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.pair:
+        a, b = (json.loads(p.read_text())["runs"] for p in args.pair)
+        names = {"old": "A", "new": "B", "new_minus_old": "B_minus_A"}
+        pairs = {name: paired_prauc(a[name]["val_ap"], b[name]["val_ap"])
+                 for name in a if name in b and "val_ap" in a[name]}
+        print(json.dumps({name: {names.get(k, k): v for k, v in d.items()}
+                          for name, d in pairs.items()}, indent=2))
+        return
     if args.only:
         print(json.dumps(run_one(args, args.only)))
         return

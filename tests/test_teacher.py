@@ -66,8 +66,9 @@ def test_last_token_index_both_padding_sides():
     assert last_token_index(left).tolist() == [4, 4]
 
 
-def test_pooling_ignores_padding(small):
-    model = Teacher(small.schema, FAST)
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_pooling_ignores_padding(small, pooling):
+    model = Teacher(small.schema, {**FAST, "pooling": pooling})
     model.build()
     module = model.module.eval()
     a, b = list(range(5, 17)), list(range(40, 46))  # 12 and 6 tokens
@@ -84,6 +85,10 @@ def test_pooling_ignores_padding(small):
         for i in range(2):
             for k in range(2):  # logits and pooled hidden state
                 torch.testing.assert_close(batch[k][i], alone[i][k][0], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        states = module.backbone(input_ids=torch.tensor([a])).last_hidden_state[0]
+    expected = states.mean(dim=0) if pooling == "mean" else states[-1]
+    torch.testing.assert_close(alone[0][1][0], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_training_lowers_loss(small):

@@ -1,8 +1,9 @@
 """LEADER(T): a decoder LLM without its LM head, LoRA-tuned, with a drug output layer.
 
-Read top to bottom: pooling of the last real token -> the module (backbone + drug layer) ->
-the training task handed to :func:`leader.train.train` -> the :class:`Teacher` model (build,
-fit, predict, encode, save/load). ``leader train-teacher`` runs it through :mod:`leader.pipelines`.
+Read top to bottom: pooling (the last real token, or the mean) -> the module (backbone + drug
+layer) -> the training task handed to :func:`leader.train.train` -> the :class:`Teacher` model
+(build, fit, predict, encode, save/load). ``leader train-teacher`` runs it through
+:mod:`leader.pipelines`.
 
 The drug layer scores every drug of the vocabulary from one hidden state, so the teacher can
 never name a drug outside the vocabulary (the "out-of-corpus" problem of generating text). Its
@@ -87,6 +88,9 @@ class TeacherConfig(Config):
     train_layers: int | None = option(None, "LoRA on the top K blocks only; the frozen lower "
                                       "blocks' output is cached (a departure from the paper, "
                                       "for small machines). Default: all blocks.", ge=1)
+    pooling: str = option("last", "Hidden state fed to the drug layer: last (the paper: the "
+                          "last real token) or mean (masked mean over the prompt's tokens; a "
+                          "departure, for small backbones).", choices=("last", "mean"))
     margin_weight: float = option(0.0, "Weight of a multi-label margin loss added to BCE.", ge=0)
     predict_batch_size: int = option(16, "Prompts per forward pass when scoring.", ge=1,
                                      identity=False)
@@ -104,6 +108,15 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(dim=1)
 
 
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str = "last") -> torch.Tensor:
+    """One fp32 vector per row ([B, H]): the last real token, or the mean over real tokens."""
+    if how == "mean":
+        mask = attention_mask.to(torch.float32).unsqueeze(-1)
+        return (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, last_token_index(attention_mask)].float()
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over the real tokens only, so left padding does not shift positions."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -113,18 +126,24 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class TeacherModule(nn.Module):
-    """Backbone (its final norm included, LM head dropped) -> last real token -> drug logits.
+    """Backbone (its final norm included, LM head dropped) -> pooled state -> drug logits.
 
     With ``split`` (``--train-layers``), the blocks below ``split`` are frozen and may be skipped
     by passing their output (``lower``, from the layer cache); both paths run the same ops."""
 
     def __init__(
-        self, backbone: nn.Module, hidden_size: int, n_drugs: int, split: int | None = None
+        self,
+        backbone: nn.Module,
+        hidden_size: int,
+        n_drugs: int,
+        split: int | None = None,
+        pooling: str = "last",
     ):
         super().__init__()
         self.backbone = backbone
         self.drug_layer = nn.Linear(hidden_size, n_drugs)  # fp32 even on a bf16 backbone
         self.split = split
+        self.pooling = pooling
 
     @property
     def decoder(self) -> nn.Module:
@@ -151,8 +170,7 @@ class TeacherModule(nn.Module):
                 lower = self.lower(input_ids, attention_mask)
             hidden = self._blocks(lower, attention_mask, self.split, None)
             hidden = self.decoder.norm(hidden)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, last_token_index(attention_mask)].float()
+        pooled = pool(hidden, attention_mask, self.pooling)
         return self.drug_layer(pooled), pooled
 
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -242,7 +260,7 @@ def build_module(llm: Any, n_drugs: int, config: TeacherConfig) -> TeacherModule
                 "lora_targets", f"{list(config.lora_targets)} not found in the model "
                 f"{config.llm} ({str(e).splitlines()[0]})"
             ) from None
-    return TeacherModule(backbone, llm.hidden_size, n_drugs, split)
+    return TeacherModule(backbone, llm.hidden_size, n_drugs, split, config.pooling)
 
 
 # --- the training task -------------------------------------------------------------------------
