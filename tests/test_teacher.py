@@ -151,6 +151,17 @@ def test_bundle_roundtrip_and_manifest(small_dir, small, tmp_path):
     np.testing.assert_allclose(probs, again, rtol=1e-5, atol=1e-6)
 
 
+def test_mean_pooling_is_kept_by_the_bundle(small_dir, small, tmp_path):
+    out = tmp_path / "teacher"
+    result = train_teacher(small_dir, out, {**_config(max_steps=2), "pooling": "mean"})
+    assert json.loads((out / "model.json").read_text())["config"]["pooling"] == "mean"
+    rec = load(out)
+    assert rec.model.module.pooling == "mean"
+    samples = small.samples("test")[:4]
+    np.testing.assert_allclose(rec.predict_proba(samples), result.model.predict_proba(samples),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_two_processes_keep_identical_replicas(small_dir, tmp_path):
     script = tmp_path / "ddp.py"
