@@ -146,6 +146,7 @@ def test_fhir_parsing_does_not_stall_the_event_loop(rec):
             done = {}
 
             async def big():
+                done["big_start"] = time.perf_counter()
                 r = await c.post("/v1/recommend", content=body,
                                  headers={"content-type": "application/fhir+json"})
                 done["big"] = time.perf_counter()
@@ -164,7 +165,10 @@ def test_fhir_parsing_does_not_stall_the_event_loop(rec):
     assert len(body) > 1 << 20
     b, h, waited, done = asyncio.run(scenario())
     assert b.status_code == 200 and h.status_code == 200, b.text
-    assert done["health"] < done["big"] and waited < 0.25, (waited, done)
+    # the health check is answered while the big body is parsed, and waits a small share of it:
+    # relative to the big request's time, since a shared CPU slows both alike
+    big_s = done["big"] - done["big_start"]
+    assert done["health"] < done["big"] and waited < max(0.25, big_s / 4), (waited, big_s)
 
 
 @pytest.mark.parametrize(
