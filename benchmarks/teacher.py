@@ -202,10 +202,11 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     }
 
 
-def paired_prauc(old: list, new: list, resamples: int = 1000, seed: int = 0) -> dict:
+def paired_prauc(old: list, new: list, resamples: int = 1000, seed: int = 0,
+                 labels: tuple[str, str] = ("old", "new")) -> dict:
     """Validation PRAUC of both on the same visits: each one's std over 10 resamples of 80%
     (the comparison table's protocol) and the paired difference new - old with a 95% interval
-    over bootstrap resamples of the visits."""
+    over bootstrap resamples of the visits; ``labels`` name the two in the result."""
     import numpy as np
 
     a, b = np.array(old, dtype=float), np.array(new, dtype=float)
@@ -217,11 +218,25 @@ def paired_prauc(old: list, new: list, resamples: int = 1000, seed: int = 0) -> 
     boot = np.array([(b[i] - a[i]).mean() for i in rng.integers(0, n, (resamples, n))])
     return {
         "visits": int(n),
-        "old": [round(a.mean(), 4), round(float(np.std([a[i].mean() for i in subs])), 4)],
-        "new": [round(b.mean(), 4), round(float(np.std([b[i].mean() for i in subs])), 4)],
-        "new_minus_old": round(float((b - a).mean()), 4),
+        labels[0]: [round(a.mean(), 4), round(float(np.std([a[i].mean() for i in subs])), 4)],
+        labels[1]: [round(b.mean(), 4), round(float(np.std([b[i].mean() for i in subs])), 4)],
+        f"{labels[1]}_minus_{labels[0]}": round(float((b - a).mean()), 4),
         "interval_95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
     }
+
+
+def pair_runs(first: Path, second: Path) -> dict:
+    """Two earlier outputs (e.g. two seeds) paired config by config (B - A), and new - old with
+    each path's per-visit AP averaged over both runs."""
+    a, b = (json.loads(p.read_text())["runs"] for p in (first, second))
+    out = {name: paired_prauc(a[name]["val_ap"], b[name]["val_ap"], labels=("A", "B"))
+           for name in a if name in b and "val_ap" in a[name]}
+    if {"old", "new"} <= out.keys():
+        mean_ap = {name: [(x + y) / 2 for x, y in
+                          zip(a[name]["val_ap"], b[name]["val_ap"], strict=True)]
+                   for name in ("old", "new")}
+        out["new - old, both runs averaged"] = paired_prauc(mean_ap["old"], mean_ap["new"])
+    return out
 
 
 def main() -> None:
@@ -248,17 +263,7 @@ def main() -> None:
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pair:
-        a, b = (json.loads(p.read_text())["runs"] for p in args.pair)
-        names = {"old": "A", "new": "B", "new_minus_old": "B_minus_A"}
-        pairs = {name: paired_prauc(a[name]["val_ap"], b[name]["val_ap"])
-                 for name in a if name in b and "val_ap" in a[name]}
-        out = {name: {names.get(k, k): v for k, v in d.items()} for name, d in pairs.items()}
-        if {"old", "new"} <= pairs.keys():  # each path's per-visit AP averaged over both runs
-            mean_ap = {name: [(x + y) / 2 for x, y in
-                              zip(a[name]["val_ap"], b[name]["val_ap"], strict=True)]
-                       for name in ("old", "new")}
-            out["new - old, both runs averaged"] = paired_prauc(mean_ap["old"], mean_ap["new"])
-        print(json.dumps(out, indent=2))
+        print(json.dumps(pair_runs(*args.pair), indent=2))
         return
     if args.only:
         print(json.dumps(run_one(args, args.only)))
