@@ -19,13 +19,18 @@ With a trained teacher (issues 10/11), on the teacher's own prepared cohort:
 
 adds the teacher's row and the distilled student, α and the feature loss chosen on validation
 PRAUC from ``--alphas`` × ``--distill-losses`` (β and everything else at the student's
-defaults); the undistilled student is the same student with α = β = 0.
+defaults); the undistilled student is the same student with α = β = 0. ``--seeds 1 2 3``
+then retrains that pair (undistilled; distilled with the chosen α and loss) at each further
+training seed (`leader distill --seed`: initialisation and data order) and prints the gain
+per seed on the same resamples, so that a gain can be told apart from the spread between
+training runs as well as from that between test resamples.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -61,7 +66,7 @@ def val_prauc(model_dir: Path) -> float:
 
 
 def distilled(data: Path, models: Path, teacher: Path, alphas: list[float], losses: list[str],
-              epochs: int, student_lr: float) -> Path:
+              epochs: int, student_lr: float) -> tuple[Path, str, float]:
     """One distilled student per (α, feature loss); the best on validation PRAUC (never test)."""
     tried = {}
     for loss in losses:
@@ -71,12 +76,49 @@ def distilled(data: Path, models: Path, teacher: Path, alphas: list[float], loss
             run("distill", "--data", str(data), "--out", str(out), "--teacher", str(teacher),
                 "--alpha", str(alpha), "--distill-loss", loss, "--epochs", str(epochs),
                 "--lr", str(student_lr), "--force")
-            tried[out] = val_prauc(out)
+            tried[out, loss, alpha] = val_prauc(out)
             print(f"{out.name}: trained in {time.perf_counter() - started:.0f} s, "
-                  f"val PRAUC {tried[out]:.4f}", flush=True)
+                  f"val PRAUC {tried[out, loss, alpha]:.4f}", flush=True)
     best = max(tried, key=tried.get)
-    print(f"distilled student chosen on validation: {best.name}", flush=True)
+    print(f"distilled student chosen on validation: {best[0].name}", flush=True)
     return best
+
+
+def seed_pairs(data: Path, models: Path, teacher: Path, loss: str, alpha: float,
+               seeds: list[int], epochs: int, student_lr: float) -> list[tuple[Path, Path]]:
+    """The undistilled and the chosen distilled student retrained at each further seed."""
+    pairs = []
+    for seed in seeds:
+        plain = models / f"student-no-distill-seed-{seed}"
+        taught = models / f"student-{loss}-alpha-{alpha:g}-seed-{seed}"
+        common = ("--data", str(data), "--epochs", str(epochs), "--lr", str(student_lr),
+                  "--seed", str(seed), "--force")
+        run("distill", "--out", str(plain), "--alpha", "0", "--beta", "0", *common)
+        run("distill", "--out", str(taught), "--teacher", str(teacher), "--alpha", str(alpha),
+            "--distill-loss", loss, *common)
+        pairs.append((plain, taught))
+    return pairs
+
+
+def print_seed_gains(table: Path, pairs: list[tuple[Path, Path]]) -> None:
+    """Distilled − undistilled per seed: differences of means over the same resamples."""
+    rows = {row["model"]: row for row in json.loads(table.read_text())["rows"]}
+    print("\n| pair | Δ Jaccard | Δ PRAUC | Δ Jaccard first visit | val PRAUC undistilled / "
+          "distilled |\n|---|---|---|---|---|")
+    gains = []
+    for plain, taught in pairs:
+        a, b = rows[plain.name], rows[taught.name]
+        gain = (b["jaccard"]["mean"] - a["jaccard"]["mean"],
+                b["prauc"]["mean"] - a["prauc"]["mean"],
+                b["first_visit_jaccard"] - a["first_visit_jaccard"])
+        gains.append(gain)
+        print(f"| {taught.name} − {plain.name} | {gain[0]:+.4f} | {gain[1]:+.4f} | "
+              f"{gain[2]:+.4f} | {val_prauc(plain):.4f} / {val_prauc(taught):.4f} |")
+    columns = list(zip(*gains, strict=True))
+    mean = [statistics.fmean(c) for c in columns]
+    std = [statistics.stdev(c) if len(c) > 1 else float("nan") for c in columns]
+    print(f"| mean ± std over {len(pairs)} seeds | "
+          + " | ".join(f"{m:+.4f} ± {s:.4f}" for m, s in zip(mean, std, strict=True)) + " | |")
 
 
 def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
@@ -128,6 +170,9 @@ def main() -> None:
                     default=["mse", "cosine"])
     ap.add_argument("--reuse", action="store_true",
                     help="keep models a previous run with the same options finished")
+    ap.add_argument("--seeds", type=int, nargs="*", default=[],
+                    help="with --teacher: retrain the undistilled and the chosen distilled "
+                         "student at these further seeds and print the gain per seed")
     args = ap.parse_args()
     global REUSE
     REUSE = args.reuse
@@ -144,10 +189,18 @@ def main() -> None:
                 "--alpha", "0", "--epochs", str(args.epochs), "--lr", str(args.student_lr),
                 "--force")
             dirs += [models / "student-beta-only"]
-            dirs += [distilled(data, models, args.teacher, args.alphas, args.distill_losses,
-                               args.epochs, args.student_lr), args.teacher]
+            best, loss, alpha = distilled(data, models, args.teacher, args.alphas,
+                                          args.distill_losses, args.epochs, args.student_lr)
+            dirs += [best, args.teacher]
         run("compare", "--data", str(data), *map(str, dirs), "--out", str(w / "report"),
             "--force", "--reference", args.reference)
+        if args.teacher is not None and args.seeds:
+            pairs = [(models / "student-no-distill", best),
+                     *seed_pairs(data, models, args.teacher, loss, alpha, args.seeds,
+                                 args.epochs, args.student_lr)]
+            run("compare", "--data", str(data), *map(str, (d for pair in pairs for d in pair)),
+                "--out", str(w / "report-seeds"), "--force", "--reference", "student-no-distill")
+            print_seed_gains(w / "report-seeds" / "table.json", pairs)
         return
     if args.only in (None, "demo"):
         run("prepare", "--source", "mimic3", "--root", "demo", "--out", str(w / "demo/data"),
