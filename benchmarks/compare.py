@@ -174,6 +174,8 @@ def main() -> None:
                     help="with --teacher: retrain the undistilled and the chosen distilled "
                          "student at these further seeds and print the gain per seed")
     args = ap.parse_args()
+    if args.seeds and (args.teacher is None or args.cohort is None):
+        ap.error("--seeds needs --cohort and --teacher (it retrains the distilled student)")
     global REUSE
     REUSE = args.reuse
     w = args.work
