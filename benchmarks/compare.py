@@ -61,6 +61,21 @@ def run(*args: str) -> None:
     subprocess.run([LEADER, *args], check=True)
 
 
+NO_DISTILL = ("--alpha", "0", "--beta", "0")  # the undistilled student: no teacher, no alignment
+
+
+def student(data: Path, out: Path, epochs: int, lr: float, *options: str) -> Path:
+    """`leader distill` with the options every student of this benchmark shares; returns OUT."""
+    run("distill", "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--lr",
+        str(lr), "--force", *options)
+    return out
+
+
+def taught(teacher: Path, loss: str, alpha: float) -> tuple[str, ...]:
+    """The `leader distill` options of feature distillation from TEACHER."""
+    return ("--teacher", str(teacher), "--alpha", str(alpha), "--distill-loss", loss)
+
+
 def val_prauc(model_dir: Path) -> float:
     return float(json.loads((model_dir / "metrics.json").read_text())["val"]["prauc"])
 
@@ -71,11 +86,9 @@ def distilled(data: Path, models: Path, teacher: Path, alphas: list[float], loss
     tried = {}
     for loss in losses:
         for alpha in alphas:
-            out = models / f"student-{loss}-alpha-{alpha:g}"
             started = time.perf_counter()
-            run("distill", "--data", str(data), "--out", str(out), "--teacher", str(teacher),
-                "--alpha", str(alpha), "--distill-loss", loss, "--epochs", str(epochs),
-                "--lr", str(student_lr), "--force")
+            out = student(data, models / f"student-{loss}-alpha-{alpha:g}", epochs, student_lr,
+                          *taught(teacher, loss, alpha))
             tried[out, loss, alpha] = val_prauc(out)
             print(f"{out.name}: trained in {time.perf_counter() - started:.0f} s, "
                   f"val PRAUC {tried[out, loss, alpha]:.4f}", flush=True)
@@ -87,17 +100,11 @@ def distilled(data: Path, models: Path, teacher: Path, alphas: list[float], loss
 def seed_pairs(data: Path, models: Path, teacher: Path, loss: str, alpha: float,
                seeds: list[int], epochs: int, student_lr: float) -> list[tuple[Path, Path]]:
     """The undistilled and the chosen distilled student retrained at each further seed."""
-    pairs = []
-    for seed in seeds:
-        plain = models / f"student-no-distill-seed-{seed}"
-        taught = models / f"student-{loss}-alpha-{alpha:g}-seed-{seed}"
-        common = ("--data", str(data), "--epochs", str(epochs), "--lr", str(student_lr),
-                  "--seed", str(seed), "--force")
-        run("distill", "--out", str(plain), "--alpha", "0", "--beta", "0", *common)
-        run("distill", "--out", str(taught), "--teacher", str(teacher), "--alpha", str(alpha),
-            "--distill-loss", loss, *common)
-        pairs.append((plain, taught))
-    return pairs
+    return [(student(data, models / f"student-no-distill-seed-{seed}", epochs, student_lr,
+                     *NO_DISTILL, "--seed", str(seed)),
+             student(data, models / f"student-{loss}-alpha-{alpha:g}-seed-{seed}", epochs,
+                     student_lr, *taught(teacher, loss, alpha), "--seed", str(seed)))
+            for seed in seeds]
 
 
 def print_seed_gains(table: Path, pairs: list[tuple[Path, Path]]) -> None:
@@ -106,14 +113,14 @@ def print_seed_gains(table: Path, pairs: list[tuple[Path, Path]]) -> None:
     print("\n| pair | Δ Jaccard | Δ PRAUC | Δ Jaccard first visit | val PRAUC undistilled / "
           "distilled |\n|---|---|---|---|---|")
     gains = []
-    for plain, taught in pairs:
-        a, b = rows[plain.name], rows[taught.name]
+    for plain, distilled_dir in pairs:
+        a, b = rows[plain.name], rows[distilled_dir.name]
         gain = (b["jaccard"]["mean"] - a["jaccard"]["mean"],
                 b["prauc"]["mean"] - a["prauc"]["mean"],
                 b["first_visit_jaccard"] - a["first_visit_jaccard"])
         gains.append(gain)
-        print(f"| {taught.name} − {plain.name} | {gain[0]:+.4f} | {gain[1]:+.4f} | "
-              f"{gain[2]:+.4f} | {val_prauc(plain):.4f} / {val_prauc(taught):.4f} |")
+        print(f"| {distilled_dir.name} − {plain.name} | {gain[0]:+.4f} | {gain[1]:+.4f} | "
+              f"{gain[2]:+.4f} | {val_prauc(plain):.4f} / {val_prauc(distilled_dir):.4f} |")
     columns = list(zip(*gains, strict=True))
     mean = [statistics.fmean(c) for c in columns]
     std = [statistics.stdev(c) if len(c) > 1 else float("nan") for c in columns]
@@ -136,11 +143,9 @@ def cohort(data: Path, models: Path, epochs: int, lr: float, oracle: bool,
         name = "student-no-distill" + (f"-{variant}" if variant else "")
         try:
             started = time.perf_counter()
-            run("distill", "--data", str(data), "--out", str(models / name), "--alpha", "0",
-                "--beta", "0", "--epochs", str(epochs), "--lr", str(student_lr), "--force",
-                *VARIANTS.get(variant, ()))
+            dirs.append(student(data, models / name, epochs, student_lr, *NO_DISTILL,
+                                *VARIANTS.get(variant, ())))
             print(f"{name}: trained in {time.perf_counter() - started:.0f} s", flush=True)
-            dirs.append(models / name)
         except subprocess.CalledProcessError:
             print(f"{name} not available: left out", flush=True)
     if oracle:
@@ -187,10 +192,8 @@ def main() -> None:
         if args.teacher is not None:
             # the profile alignment alone (β at its default, α = 0): what is left without the
             # teacher's features
-            run("distill", "--data", str(data), "--out", str(models / "student-beta-only"),
-                "--alpha", "0", "--epochs", str(args.epochs), "--lr", str(args.student_lr),
-                "--force")
-            dirs += [models / "student-beta-only"]
+            dirs += [student(data, models / "student-beta-only", args.epochs, args.student_lr,
+                             "--alpha", "0")]
             best, loss, alpha = distilled(data, models, args.teacher, args.alphas,
                                           args.distill_losses, args.epochs, args.student_lr)
             dirs += [best, args.teacher]
