@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ import torch
 import leader.bundle as bundle
 from leader.fhir import ATC, ICD9, ICD10CM, ICD10PCS, NDC, PROFILE_EXT
 from leader.models.base import model_class
+
+
+def dead_pid() -> int:
+    """The process id of a process that has exited: the writer of a killed run's temp files."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def save(model, out: Path) -> Path:

@@ -192,8 +192,10 @@ def test_kill_compare(small_data, tmp_path_factory, tmp_path):
 def test_kill_export_features(small_data, tmp_path_factory, tmp_path):
     teacher = tmp_path_factory.mktemp("teacher") / "teacher"
     args = ["train-teacher", "--data", str(small_data), "--out", str(teacher), "--llm", "tiny",
-            "--max-steps", "1", "--max-length", "256"]
+            "--max-steps", "1", "--max-length", "256", "--no-export-features"]
     assert fault_runner.run(args, teacher.parent / "log")[0] == 0
+
+    assert not (teacher / "features").exists()  # the export below computes every shard
 
     def fresh_teacher(work: Path) -> None:
         shutil.copytree(teacher, work / "teacher")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 import torch
 from conftest import make_tiny_dataset
+from helpers import dead_pid
 from typer.testing import CliRunner
 
 from leader.cli import _register, app
@@ -130,3 +132,20 @@ def test_export_cli(teacher_dir, small_dir, tmp_path):
     )
     assert isinstance(mismatch.exception, LeaderError)
     assert "drug vocabulary differs" in str(mismatch.exception)
+
+
+def test_export_removes_what_a_killed_export_left(teacher_dir, small):
+    """A kill between writing a temporary file and renaming it leaves that file; the next export
+    removes it (a live writer's is left alone), also when the features were already complete."""
+    export_features(teacher_dir, small)
+    out = teacher_dir / FEATURES
+    dead, live = dead_pid(), os.getppid()
+    left = [out / f".index.json.tmp-{dead}", out / f".train-00000.safetensors.tmp-{dead}"]
+    for path in left:
+        path.write_bytes(b"half")
+    running = out / f".val-00000.safetensors.tmp-{live}"
+    running.write_bytes(b"being written")
+    index = export_features(teacher_dir, small)
+    assert index["computed"] == 0
+    assert not any(p.exists() for p in left) and running.exists()
+    running.unlink()

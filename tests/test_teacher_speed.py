@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import dead_pid
 
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, Visit
@@ -171,9 +172,13 @@ def test_layer_cache_same_hidden_states_and_stale_refused(small, tmp_path):
     rows = torch.arange(len(samples))
     last = batch.attention_mask.long().cumsum(1).argmax(1)
     torch.testing.assert_close(uncached[1], whole[rows, last].float(), atol=1e-5, rtol=1e-4)
-    # resumable: a second cache on the same directory reuses every shard
+    # resumable: a second cache on the same directory reuses every shard, and removes the
+    # half-written shard of a killed run
+    left = tmp_path / "cache" / f".train-00001.safetensors.tmp-{dead_pid()}"
+    left.write_bytes(b"half")
     task.cache = LayerCache(tmp_path / "cache", "key-a")
     assert task.fill_cache("train", samples, 4) == 0
+    assert not left.exists()
     # stale: another backbone key, or other prompts under the same name
     with pytest.raises(LeaderError, match="another backbone"):
         LayerCache(tmp_path / "cache", "key-b")

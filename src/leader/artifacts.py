@@ -167,9 +167,18 @@ def _alive(pid: int) -> bool:
 
 def remove_leftovers(final: Path) -> list[Path]:
     """Remove ``.NAME.tmp-PID-*`` / ``.NAME.old-PID`` siblings of ``final`` whose writer is dead."""
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp|old)-(\d+)(?:-|$)")
+    return remove_dead_temps(final.parent, final.name)
+
+
+def remove_dead_temps(directory: Path, name: str | None = None) -> list[Path]:
+    """Remove the ``.X.tmp-PID*`` / ``.X.old-PID`` entries of ``directory`` whose writer is dead
+    (only those of ``X == name`` when given): what a killed writer left behind. A file written in
+    place by a resumable job (feature shards, a layer cache) is named this way too, so that the
+    next run clears a killed run's half-written files without touching a live writer's."""
+    stem = re.escape(name) if name is not None else r".+?"
+    pattern = re.compile(rf"^\.{stem}\.(?:tmp|old)-(\d+)(?:-|$)")
     removed = []
-    for path in final.parent.iterdir() if final.parent.is_dir() else []:
+    for path in directory.iterdir() if directory.is_dir() else []:
         m = pattern.match(path.name)
         if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
             if path.is_dir() and not path.is_symlink():
@@ -178,3 +187,8 @@ def remove_leftovers(final: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def temp_name(path: Path) -> Path:
+    """Where to write ``path`` before renaming it into place (see :func:`remove_dead_temps`)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")

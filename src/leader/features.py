@@ -7,7 +7,8 @@ Layout of ``TEACHER_DIR/features/``::
     index.json                        teacher_hash, data_hash, hidden_size, per split: shards, n
 
 Each shard is written to a temporary name and renamed, so a killed export leaves only complete
-shards; rerunning skips every shard that already exists with the same teacher, data and ids.
+shards (and a temporary file that the next export removes); rerunning skips every shard that
+already exists with the same teacher, data and ids.
 ``load_features`` refuses files made by another teacher or from another dataset.
 
 The teacher hash is the SHA-256 of the bundle manifest's ``files`` table (the hashes of its
@@ -27,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from leader.artifacts import MANIFEST, read_json, write_json
+from leader.artifacts import MANIFEST, read_json, remove_dead_temps, temp_name, write_json
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
 from leader.errors import LeaderError
@@ -103,6 +104,7 @@ def export_features(
         teacher.config.predict_batch_size = batch_size
     out = teacher_dir / FEATURES
     out.mkdir(exist_ok=True)
+    remove_dead_temps(out)  # what a killed export was writing
     per_split = {s: data.samples(s) for s in SPLITS}
     if on_total is not None:
         on_total(sum(len(v) for v in per_split.values()))
@@ -134,13 +136,13 @@ def export_features(
                     on_progress(len(chunk))
             else:  # one call per shard: the teacher sorts the shard into similar-length batches
                 hidden, logits = teacher.encode(chunk, on_progress)
-            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp = temp_name(path)
             tensors = {"hidden": hidden, "logits": logits}
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
             os.replace(tmp, path)
             done += len(chunk)
         index["splits"][split] = {"shards": shards, "n": len(samples)}
-    tmp_index = out / f".{INDEX}.tmp-{os.getpid()}"
+    tmp_index = temp_name(out / INDEX)
     write_json(tmp_index, index)
     os.replace(tmp_index, out / INDEX)
     return {**index, "computed": done, "reused": skipped, "dir": str(out)}

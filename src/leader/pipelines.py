@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from leader import calibration as calib
-from leader.artifacts import check_can_write, read_json
+from leader.artifacts import check_can_write, read_json, remove_dead_temps, temp_name
 from leader.bundle import load, save_bundle
 from leader.configs import Config, ConfigError
 from leader.data.dataset import SPLITS, Dataset
@@ -83,7 +83,8 @@ def prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
         if found != wanted:
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_dead_temps(run_dir)  # a killed run's half-written identity or best weights
+    tmp = temp_name(path)
     tmp.write_text(json.dumps(wanted, indent=2))
     os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from leader.artifacts import temp_name
 from leader.configs import Config, option
 from leader.data.samples import Sample
 from leader.distributed import barrier
@@ -421,7 +422,7 @@ class Run:
             state.best_step, state.bad_evals = state.step, 0
             self.best = trainable_state(self.module)
             if self.saving:  # atomically: a kill mid-write must not spoil the resume
-                tmp = self.run_dir / f".{BEST}.tmp-{os.getpid()}"
+                tmp = temp_name(self.run_dir / BEST)
                 save_file(self.best, str(tmp))
                 os.replace(tmp, self.run_dir / BEST)
         else:

@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from leader.artifacts import remove_dead_temps, temp_name
 from leader.distributed import barrier, world
 from leader.errors import LeaderError
 
@@ -63,6 +64,7 @@ class LayerCache:
 
     def _check_directory(self) -> None:
         info = self.directory / CACHE_INFO
+        remove_dead_temps(self.directory)  # a killed run's half-written shards
         if info.is_file():
             if json.loads(info.read_text()).get("key") != self.key:
                 raise LeaderError(
@@ -71,7 +73,7 @@ class LayerCache:
                 )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = info.with_suffix(f".tmp-{os.getpid()}")  # other ranks may read it meanwhile
+            tmp = temp_name(info)  # other ranks may read it meanwhile
             tmp.write_text(json.dumps({"key": self.key}))
             os.replace(tmp, info)
 
@@ -117,7 +119,7 @@ class LayerCache:
                 self.memory.update(zip(chunk_ids, hidden, strict=True))
                 continue
             tensors = {sid: h.contiguous().cpu() for sid, h in zip(chunk_ids, hidden, strict=True)}
-            tmp = path.with_suffix(f".tmp-{os.getpid()}")
+            tmp = temp_name(path)
             save_file(tensors, str(tmp), metadata={"key": self.key, "prompts": digest})
             os.replace(tmp, path)
             self.where.update(dict.fromkeys(chunk_ids, path))
