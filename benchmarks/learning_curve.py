@@ -9,7 +9,8 @@ more patients drawn from the same generator (same seed, so the same planted drug
 each size: `leader synth` (MIMIC-III layout, seed 0) -> `prepare` -> logreg, the default
 student without distillation (`--alpha 0 --beta 0`) and the oracle -> each bundle's test
 metrics at its own threshold rule (tuned on validation), from its metrics.json. Prints a
-Markdown table.
+Markdown table. `--top-diagnoses 0` prepares every diagnosis code instead of the paper's 2,000
+most frequent (the oracle reads every code the generator drew, kept or not).
 """
 
 from __future__ import annotations
@@ -46,14 +47,17 @@ def main() -> None:
     ap.add_argument("--patients", type=int, nargs="+", default=[2000, 5000, 20000])
     ap.add_argument("--generator", choices=("additive", "clinical"), default="additive")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--top-diagnoses", type=int, default=None,
+                    help="prepare's cut (default: prepare's own, 2,000; 0 keeps every code)")
     args = ap.parse_args()
+    cut = () if args.top_diagnoses is None else ("--top-diagnoses", str(args.top_diagnoses))
     rows = []
     for n in args.patients:
         w = args.work / f"{args.generator}-{n}"
         leader("synth", "--format", "mimic3", "--patients", str(n), "--out", str(w / "raw"),
                "--seed", "0", "--generator", args.generator, "--force")
         leader("prepare", "--source", "mimic3", "--root", str(w / "raw"), "--out",
-               str(w / "data"), "--force")
+               str(w / "data"), "--force", *cut)
         manifest = json.loads((w / "data" / "manifest.json").read_text())
         got, secs = {}, {}
         for name, command in MODELS.items():
