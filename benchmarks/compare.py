@@ -45,6 +45,7 @@ VARIANTS = {
     "no-frequency-bias": ("--no-frequency-bias",),
     "transformer-sets": ("--set-encoder", "transformer"),
     "no-hierarchy": ("--no-hierarchy",),
+    "no-group-presence": ("--no-group-presence",),
 }
 
 

@@ -187,6 +187,7 @@ def test_resume_after_interruption_gives_same_weights(tiny_data, tmp_path):
 FLAGS = [
     {"preset": "reference"},
     {"hierarchy": False},
+    {"group_presence": False},
     {},  # the default preset
     {"wide": False},
     {"frequency_bias": False},
@@ -338,6 +339,41 @@ def test_hierarchy_shares_a_category_between_its_codes(tiny_data):
     torch.testing.assert_close(shared[1], sets.group.embed.weight[1])
     plain = make_student(tiny_data, hierarchy=False)
     assert plain.module.sets["procedures"].group is None and not plain.module.wide.groups
+
+
+def test_the_wide_path_counts_a_group_once_per_visit(tiny_data):
+    """Two procedures of category 36 in one visit: the wide path adds the category's logit
+    vector once (group_presence, the default), or once per code (--no-group-presence); the
+    codes' own vectors always add up."""
+    codes = tiny_data.schema.vocab["procedures"].codes
+    a, b = codes.index("icd9:3600") + 1, codes.index("icd9:3611") + 1
+    ids = torch.tensor([[a, b, 0], [b, 0, 0], [0, a, b]])
+    for presence, times in ((True, 1), (False, 2)):
+        student = make_student(tiny_data, group_presence=presence)
+        groups = student.module.wide.groups["procedures"]
+        assert student.module.wide.presence is presence
+        with torch.no_grad():
+            groups.embed.weight.normal_()
+            bag = groups.bag(ids, None, presence)
+            halved = groups.bag(ids, torch.full(ids.shape, 0.5), presence)
+        category = groups.embed.weight[1]
+        torch.testing.assert_close(bag[0], times * category)
+        torch.testing.assert_close(bag[1], category)
+        torch.testing.assert_close(bag[2], times * category)  # padding anywhere in the row
+        torch.testing.assert_close(halved, bag / 2)  # input-code dropout weights still apply
+
+
+def test_a_bundle_from_before_group_presence_loads_without_it(tiny_data, tmp_path):
+    student = make_student(tiny_data, group_presence=False)
+    out = bundle.save_bundle(student, tmp_path / "s")
+    cfg = json.loads((out / "model.json").read_text())
+    del cfg["config"]["group_presence"]
+    (out / "model.json").write_text(json.dumps(cfg))
+    loaded = bundle.load(out, verify=False)
+    assert loaded.model.config.group_presence is False and loaded.model.config.hierarchy
+    samples = tiny_data.samples("val")
+    np.testing.assert_allclose(loaded.model.predict_proba(samples),
+                               student.predict_proba(samples), rtol=1e-5, atol=1e-6)
 
 
 def test_a_bundle_from_before_the_hierarchy_loads_without_it(tiny_data, tmp_path):

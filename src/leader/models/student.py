@@ -101,6 +101,8 @@ class StudentConfig(Config):
                                   "shrinkage where there is more evidence.")
     hierarchy: bool = option(True, "Add each code's group (ICD category, ATC level 2) to its "
                              "embedding and wide weights: rare codes share their category's.")
+    group_presence: bool = option(True, "The wide path counts a group once per visit (is it "
+                                  "present?), not once per code of it.")
     frequency_bias: bool = option(True, "Start the output bias at each drug's training "
                                   "log-odds.")
     max_visits: int = option(10, "Last K visits the student reads.", ge=1)
@@ -181,7 +183,7 @@ class StudentConfig(Config):
 ARCHITECTURE = ("dim", "hidden", "set_layers", "visit_layers", "heads", "ff", "set_encoder",
                 "dropout", "attention_dropout", "norm_first", "activation",
                 "shared_visit_encoder", "visit_positions", "feature_before_activation", "wide",
-                "wide_dropout", "wide_scale", "max_visits", "use_profile")
+                "wide_dropout", "wide_scale", "group_presence", "max_visits", "use_profile")
 
 
 def _encoder(
@@ -210,9 +212,21 @@ class GroupEmbedding(nn.Module):
         self.register_buffer("of_code", table, persistent=False)
         self.embed = nn.Embedding(int(table.max()) + 1, d, padding_idx=0)
 
-    def bag(self, ids: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-        """Summed over a set: ids [B, L] (per-code weights [B, L] or None) → [B, d]."""
-        return F.embedding_bag(self.of_code[ids], self.embed.weight, mode="sum",
+    def bag(self, ids: torch.Tensor, weights: torch.Tensor | None,
+            presence: bool = False) -> torch.Tensor:
+        """Summed over a set: ids [B, L] (per-code weights [B, L] or None) → [B, d].
+
+        ``presence``: each group of the set counts once (with its first code's weight), however
+        many of its codes the set holds: three diabetes codes say "diabetes" once.
+        """
+        groups = self.of_code[ids]
+        if presence:
+            groups, order = groups.sort(dim=-1, stable=True)
+            first = torch.ones_like(groups, dtype=torch.bool)
+            first[:, 1:] = groups[:, 1:] != groups[:, :-1]
+            once = first.to(self.embed.weight.dtype)
+            weights = once if weights is None else once * weights.gather(-1, order)
+        return F.embedding_bag(groups, self.embed.weight, mode="sum",
                                per_sample_weights=weights, padding_idx=0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -302,9 +316,10 @@ class WidePath(nn.Module):
         dropout: float = 0.0,
         scale: float = 1.0,
         groups: dict[str, Sequence[int]] | None = None,
+        presence: bool = False,
     ):
         super().__init__()
-        self.dropout, self.scale = dropout, scale
+        self.dropout, self.scale, self.presence = dropout, scale, presence
         self.codes = nn.ModuleDict(
             {k: nn.EmbeddingBag(sizes[k], n_drugs, mode="sum", padding_idx=0) for k in KINDS}
         )
@@ -326,7 +341,7 @@ class WidePath(nn.Module):
             keep = self._keep(ids)
             out = out + self.codes[k](ids, per_sample_weights=keep)
             if k in self.groups:
-                out = out + self.groups[k].bag(ids, keep)
+                out = out + self.groups[k].bag(ids, keep, self.presence)
         for i, emb in enumerate(self.fields):
             out = out + emb(batch.profile[:, i])
         return out * self.scale
@@ -367,6 +382,7 @@ class StudentModule(nn.Module):
         wide: bool = False,
         wide_dropout: float = 0.0,
         wide_scale: float = 1.0,
+        group_presence: bool = False,
         max_visits: int = 10,
         use_profile: bool = True,
         groups: dict[str, Sequence[int]] | None = None,
@@ -402,7 +418,8 @@ class StudentModule(nn.Module):
         self.feature_before_activation = bool(feature_before_activation)
         self.head = nn.Linear(hidden, n_drugs)
         self.wide = (
-            WidePath(sizes, profile_sizes, n_drugs, wide_dropout, wide_scale, groups)
+            WidePath(sizes, profile_sizes, n_drugs, wide_dropout, wide_scale, groups,
+                     group_presence)
             if wide else None
         )
 
@@ -635,10 +652,12 @@ class Student(MedModel):
 
     @classmethod
     def read_config(cls, directory: Path) -> StudentConfig:
-        """A bundle saved before ``hierarchy`` existed was trained without it."""
+        """A bundle saved before ``hierarchy`` (or ``group_presence``) existed was trained
+        without it."""
         config = super().read_config(directory)
         raw = read_json(directory / MODEL_CONFIG)["config"]
-        return config if "hierarchy" in raw else config.replace(hierarchy=False)
+        older = {k: False for k in ("hierarchy", "group_presence") if k not in raw}
+        return config.replace(**older) if older else config
 
     @torch.inference_mode()
     def predict_proba(self, samples: Sequence[Sample], batch_size: int = 512) -> np.ndarray:
