@@ -343,8 +343,7 @@ def test_hierarchy_shares_a_category_between_its_codes(tiny_data):
 
 def test_the_wide_path_counts_a_group_once_per_visit(tiny_data):
     """Two procedures of category 36 in one visit: the wide path adds the category's logit
-    vector once (group_presence, the default), or once per code (--no-group-presence); the
-    codes' own vectors always add up."""
+    vector once (group_presence, the default), or once per code (--no-group-presence)."""
     codes = tiny_data.schema.vocab["procedures"].codes
     a, b = codes.index("icd9:3600") + 1, codes.index("icd9:3611") + 1
     ids = torch.tensor([[a, b, 0], [b, 0, 0], [0, a, b]])
@@ -363,27 +362,19 @@ def test_the_wide_path_counts_a_group_once_per_visit(tiny_data):
         torch.testing.assert_close(halved, bag / 2)  # input-code dropout weights still apply
 
 
-def test_a_bundle_from_before_group_presence_loads_without_it(tiny_data, tmp_path):
-    student = make_student(tiny_data, group_presence=False)
+@pytest.mark.parametrize("key", ["hierarchy", "group_presence"])
+def test_a_bundle_from_before_an_option_loads_without_it(key, tiny_data, tmp_path):
+    """A bundle whose config lacks ``hierarchy`` or ``group_presence`` (saved before it existed)
+    loads with that option off, the other as saved, and predicts as it did."""
+    student = make_student(tiny_data, **{key: False})
     out = bundle.save_bundle(student, tmp_path / "s")
     cfg = json.loads((out / "model.json").read_text())
-    del cfg["config"]["group_presence"]
+    del cfg["config"][key]
     (out / "model.json").write_text(json.dumps(cfg))
     loaded = bundle.load(out, verify=False)
-    assert loaded.model.config.group_presence is False and loaded.model.config.hierarchy
-    samples = tiny_data.samples("val")
-    np.testing.assert_allclose(loaded.model.predict_proba(samples),
-                               student.predict_proba(samples), rtol=1e-5, atol=1e-6)
-
-
-def test_a_bundle_from_before_the_hierarchy_loads_without_it(tiny_data, tmp_path):
-    student = make_student(tiny_data, hierarchy=False)
-    out = bundle.save_bundle(student, tmp_path / "s")
-    cfg = json.loads((out / "model.json").read_text())
-    del cfg["config"]["hierarchy"]
-    (out / "model.json").write_text(json.dumps(cfg))
-    loaded = bundle.load(out, verify=False)
-    assert loaded.model.config.hierarchy is False
+    assert getattr(loaded.model.config, key) is False
+    other = "group_presence" if key == "hierarchy" else "hierarchy"
+    assert getattr(loaded.model.config, other) is True  # as saved: the default
     samples = tiny_data.samples("val")
     np.testing.assert_allclose(loaded.model.predict_proba(samples),
                                student.predict_proba(samples), rtol=1e-5, atol=1e-6)
