@@ -362,19 +362,22 @@ def test_the_wide_path_counts_a_group_once_per_visit(tiny_data):
         torch.testing.assert_close(halved, bag / 2)  # input-code dropout weights still apply
 
 
-@pytest.mark.parametrize("key", ["hierarchy", "group_presence"])
-def test_a_bundle_from_before_an_option_loads_without_it(key, tiny_data, tmp_path):
-    """A bundle whose config lacks ``hierarchy`` or ``group_presence`` (saved before it existed)
-    loads with that option off, the other as saved, and predicts as it did."""
-    student = make_student(tiny_data, **{key: False})
+@pytest.mark.parametrize(("key", "off"), [("hierarchy", False), ("group_presence", False),
+                                          ("wide_l1", 0.0)])
+def test_a_bundle_from_before_an_option_loads_without_it(key, off, tiny_data, tmp_path):
+    """A bundle whose config lacks ``hierarchy``, ``group_presence`` or ``wide_l1`` (saved
+    before it existed) loads with that option off, the others as saved, and predicts as it
+    did."""
+    student = make_student(tiny_data, **{key: off})
     out = bundle.save_bundle(student, tmp_path / "s")
     cfg = json.loads((out / "model.json").read_text())
     del cfg["config"][key]
     (out / "model.json").write_text(json.dumps(cfg))
     loaded = bundle.load(out, verify=False)
-    assert getattr(loaded.model.config, key) is False
-    other = "group_presence" if key == "hierarchy" else "hierarchy"
-    assert getattr(loaded.model.config, other) is True  # as saved: the default
+    assert getattr(loaded.model.config, key) == off
+    defaults = StudentConfig()
+    for other in {"hierarchy", "group_presence", "wide_l1"} - {key}:
+        assert getattr(loaded.model.config, other) == getattr(defaults, other)  # as saved
     samples = tiny_data.samples("val")
     np.testing.assert_allclose(loaded.model.predict_proba(samples),
                                student.predict_proba(samples), rtol=1e-5, atol=1e-6)
@@ -388,8 +391,37 @@ def test_wide_l2_shrinks_with_more_training_samples(tiny_data):
     assert cfg.wide_penalty(1000) == pytest.approx(2e-3)
     assert cfg.wide_penalty(16000) == pytest.approx(5e-4)
     assert cfg.replace(wide_l2_scaled=False).wide_penalty(16000) == 1e-3
-    student = make_student(tiny_data, alpha=0, train={"epochs": 1, "batch_size": 8})
+    student = make_student(tiny_data, alpha=0, wide_l2=1e-3, train={"epochs": 1, "batch_size": 8})
     student.fit(tiny_data, FitContext(progress=False))
     n = len(tiny_data.samples("train"))
     assert student.fit_summary["wide_l2"] == pytest.approx(student.config.wide_penalty(n))
     assert student.fit_summary["wide_l2"] > 1e-3  # a tiny cohort: more shrinkage
+
+
+def test_wide_l1_is_the_absolute_sum_and_shrinks_the_wide_weights(tiny_data):
+    """penalty(power=1) is the sum of |scale x weight| per drug; wide_l1 follows the same
+    size rule as wide_l2, is recorded in the fit summary, and a strong one leaves the wide
+    path with a smaller L1 norm than none (same seed, same data)."""
+    student = make_student(tiny_data, alpha=0)
+    student.build()
+    wide = student.module.wide
+    with torch.no_grad():
+        for i, p in enumerate(wide.parameters()):
+            p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (i % 3 + 1))
+        expected = sum((p * wide.scale).abs().sum() for p in wide.parameters())
+        squares = sum((p * wide.scale).pow(2).sum() for p in wide.parameters())
+        n_drugs = wide.codes["drugs"].weight.shape[1]
+        assert float(wide.penalty(power=1)) == pytest.approx(float(expected) / n_drugs, rel=1e-5)
+        assert float(wide.penalty()) == pytest.approx(float(squares) / n_drugs, rel=1e-5)
+    assert StudentConfig(wide_l1=1e-3).wide_penalty(1000, 1e-3) == pytest.approx(2e-3)
+
+    norms = {}
+    assert StudentConfig().wide_l1 == 1e-3 and StudentConfig().wide_l2 == 0  # the defaults
+    for l1 in (0.0, 0.05):
+        s = make_student(tiny_data, alpha=0, wide_l1=l1, train={"epochs": 3, "batch_size": 8})
+        s.fit(tiny_data, FitContext(progress=False))
+        n = len(tiny_data.samples("train"))
+        assert s.fit_summary["wide_l1"] == pytest.approx(s.config.wide_penalty(n, l1))
+        with torch.no_grad():
+            norms[l1] = float(s.module.wide.penalty(power=1))
+    assert norms[0.05] < 0.5 * norms[0.0], norms

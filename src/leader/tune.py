@@ -37,7 +37,8 @@ def student_space(trial: Any, distilling: bool) -> dict[str, Any]:
         "dropout": trial.suggest_float("dropout", 0.1, 0.6),
         "wide": trial.suggest_categorical("wide", [True, False]),
         "set_encoder": trial.suggest_categorical("set_encoder", ["transformer", "mean"]),
-        "wide_l2": trial.suggest_float("wide_l2", 1e-4, 1e-2, log=True),
+        "wide_l1": trial.suggest_float("wide_l1", 1e-4, 1e-2, log=True),
+        "wide_l2": trial.suggest_categorical("wide_l2", [0.0, 1e-4, 1e-3]),
         "train": {"lr": trial.suggest_float("lr", 2e-4, 5e-3, log=True)},
     }
     if distilling:  # α and β chosen on validation, like every other setting

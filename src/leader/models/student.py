@@ -52,7 +52,7 @@ KINDS = CODE_KINDS
 # LEADER's reference weights (alpha distillation, beta alignment) come from the data source's
 # module (leader.data.sources); a source without them takes MIMIC-III's
 FALLBACK_SOURCE = "mimic3"
-WIDE_L2_SAMPLES = 4000  # the training-set size at which wide_l2 applies unscaled
+WIDE_L2_SAMPLES = 4000  # the training-set size at which wide_l1 / wide_l2 apply unscaled
 # What each preset changes from the config's defaults; settings given explicitly win.
 PRESETS: dict[str, dict[str, Any]] = {
     "leader": {},
@@ -95,10 +95,13 @@ class StudentConfig(Config):
                                  ge=0, le=0.99)
     wide_scale: float = option(4.0, "Wide logits = scale x weights (Adam moves them scale x "
                                "faster).", gt=0)
-    wide_l2: float = option(1e-3, "L2 on the wide path's logit weights, per drug, at 4,000 "
+    wide_l1: float = option(1e-3, "L1 on the wide path's logit weights, per drug, at 4,000 "
+                            "training samples (see wide_l2_scaled): a code moves few drugs.",
+                            ge=0)
+    wide_l2: float = option(0.0, "L2 on the wide path's logit weights, per drug, at 4,000 "
                             "training samples (see wide_l2_scaled).", ge=0)
-    wide_l2_scaled: bool = option(True, "Scale wide_l2 by sqrt(4000 / training samples): less "
-                                  "shrinkage where there is more evidence.")
+    wide_l2_scaled: bool = option(True, "Scale wide_l1 and wide_l2 by sqrt(4000 / training "
+                                  "samples): less shrinkage where there is more evidence.")
     hierarchy: bool = option(True, "Add each code's group (ICD category, ATC level 2) to its "
                              "embedding and wide weights: rare codes share their category's.")
     group_presence: bool = option(True, "The wide path counts a group once per visit (is it "
@@ -131,14 +134,15 @@ class StudentConfig(Config):
     )
     train: TrainConfig = option(factory=lambda: TrainConfig(epochs=50, lr=3e-3))
 
-    def wide_penalty(self, n_train: int) -> float:
-        """The wide path's L2 weight for ``n_train`` training samples. A fixed weight, chosen
-        at 5,000 patients, over-shrinks a larger cohort (the student stalled at 50,000) and
-        under-shrinks a smaller one; the square-root rule fitted those two sizes and improved
-        validation PRAUC at three others (docs/student.md)."""
+    def wide_penalty(self, n_train: int, weight: float | None = None) -> float:
+        """The wide path's L2 weight (or ``weight``, e.g. ``wide_l1``) for ``n_train`` training
+        samples. A fixed weight, chosen at 5,000 patients, over-shrinks a larger cohort (the
+        student stalled at 50,000) and under-shrinks a smaller one; the square-root rule fitted
+        those two sizes and improved validation PRAUC at three others (docs/student.md)."""
+        weight = self.wide_l2 if weight is None else weight
         if not self.wide_l2_scaled or n_train <= 0:
-            return self.wide_l2
-        return self.wide_l2 * math.sqrt(WIDE_L2_SAMPLES / n_train)
+            return weight
+        return weight * math.sqrt(WIDE_L2_SAMPLES / n_train)
 
     def validate(self) -> None:
         if self.dim % self.heads:
@@ -346,9 +350,10 @@ class WidePath(nn.Module):
             out = out + emb(batch.profile[:, i])
         return out * self.scale
 
-    def penalty(self) -> torch.Tensor:
-        """Sum of squared effective weights over drugs, averaged per drug (as BCE averages)."""
-        total = sum((p * self.scale).pow(2).sum() for p in self.parameters())
+    def penalty(self, power: int = 2) -> torch.Tensor:
+        """Sum of squared (power 2) or absolute (power 1) effective weights, averaged per drug
+        (as BCE averages)."""
+        total = sum((p * self.scale).abs().pow(power).sum() for p in self.parameters())
         return total / self.codes["drugs"].weight.shape[1]
 
     def _keep(self, ids: torch.Tensor) -> torch.Tensor | None:
@@ -518,16 +523,18 @@ class DistillModule(nn.Module):
 
 
 class DistillTask:
-    """BCE (+ the wide path's L2) + α · feature loss + β · profile InfoNCE, as a
+    """BCE (+ the wide path's L2 and L1) + α · feature loss + β · profile InfoNCE, as a
     :class:`leader.train.Task`.
 
     ``teacher`` gives the teacher's hidden states of training samples
     (:class:`leader.features.TeacherFeatures`); validation batches need none.
     """
 
-    def __init__(self, student: Student, teacher: Any = None, wide_l2: float | None = None):
+    def __init__(self, student: Student, teacher: Any = None, wide_l2: float | None = None,
+                 wide_l1: float | None = None):
         cfg = student.config
         self.wide_l2 = cfg.wide_l2 if wide_l2 is None else wide_l2
+        self.wide_l1 = cfg.wide_l1 if wide_l1 is None else wide_l1
         self.alpha, self.beta = float(cfg.alpha or 0.0), float(cfg.beta or 0.0)
         if self.alpha > 0 and teacher is None:
             raise ConfigError("alpha", "feature distillation needs the teacher's features")
@@ -554,6 +561,8 @@ class DistillTask:
         wide = self.student.module.wide
         if wide is not None and self.wide_l2 > 0:
             total = total + self.wide_l2 * wide.penalty()
+        if wide is not None and self.wide_l1 > 0:
+            total = total + self.wide_l1 * wide.penalty(power=1)
         if "projected" in out and self.alpha > 0:
             if batch.teacher is None:
                 raise LeaderError("a training batch has no teacher features")
@@ -632,10 +641,13 @@ class Student(MedModel):
         self.build()
         if self.config.frequency_bias:
             start_from_frequencies(self.module.head.bias, data)
-        wide_l2 = self.config.wide_penalty(data.n_samples("train"))
-        self.run_loop(DistillTask(self, context.teacher, wide_l2), data, context)
+        n_train = data.n_samples("train")
+        wide_l2 = self.config.wide_penalty(n_train)
+        wide_l1 = self.config.wide_penalty(n_train, self.config.wide_l1)
+        self.run_loop(DistillTask(self, context.teacher, wide_l2, wide_l1), data, context)
         if self.module.wide is not None:
-            self.fit_summary["wide_l2"] = wide_l2  # the weight used, in the bundle manifest
+            self.fit_summary["wide_l2"] = wide_l2  # the weights used, in the bundle manifest
+            self.fit_summary["wide_l1"] = wide_l1
         self.module.eval()
         return self
 
@@ -652,11 +664,12 @@ class Student(MedModel):
 
     @classmethod
     def read_config(cls, directory: Path) -> StudentConfig:
-        """A bundle saved before ``hierarchy`` (or ``group_presence``) existed was trained
-        without it."""
+        """A bundle saved before ``hierarchy``, ``group_presence`` or ``wide_l1`` existed was
+        trained without it."""
         config = super().read_config(directory)
         raw = read_json(directory / MODEL_CONFIG)["config"]
-        older = {k: False for k in ("hierarchy", "group_presence") if k not in raw}
+        absent = {"hierarchy": False, "group_presence": False, "wide_l1": 0.0}
+        older = {k: v for k, v in absent.items() if k not in raw}
         return config.replace(**older) if older else config
 
     @torch.inference_mode()

@@ -2,9 +2,10 @@
 
 Features of a visit: multi-hot of its diagnoses and procedures, of the previous visit's drugs
 (empty on a first visit) and one-hot profile values. One L2-regularised logistic regression per
-drug class (scikit-learn, liblinear, C = 1); a class that is always (or never) prescribed in
-training gets a constant score, its training frequency. The coefficients are stored as tensors
-(safetensors), so prediction is a matrix product and no pickled estimator is ever written.
+drug class (scikit-learn, liblinear, C = 1; ``penalty: l1`` for a sparse one); a class that is
+always (or never) prescribed in training gets a constant score, its training frequency. The
+coefficients are stored as tensors (safetensors), so prediction is a matrix product and no
+pickled estimator is ever written.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from leader.train import FitContext
 
 @dataclass
 class LogRegConfig(Config):
-    C: float = option(1.0, "Inverse L2 regularisation strength.", gt=0)
+    C: float = option(1.0, "Inverse regularisation strength.", gt=0)
+    penalty: str = option("l2", "l2 (the lineage's LR) or l1 (sparse: each code moves few "
+                          "drugs).", choices=("l1", "l2"))
     max_iter: int = option(200, "Solver iterations per drug class.", ge=1)
 
 
@@ -104,7 +107,8 @@ class LogReg(MedModel):
                 bias[j] = np.log(max(rate, 1e-6) / max(1 - rate, 1e-6))
                 continue
             clf = LogisticRegression(
-                C=self.config.C, solver="liblinear", max_iter=self.config.max_iter
+                C=self.config.C, l1_ratio=1.0 if self.config.penalty == "l1" else 0.0,
+                solver="liblinear", max_iter=self.config.max_iter,
             )
             clf.fit(x, y[:, j])
             weight[j], bias[j] = clf.coef_[0], clf.intercept_[0]
