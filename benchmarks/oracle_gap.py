@@ -198,13 +198,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--fits", nargs="+", default=list(FITS), choices=FITS,
                     help="feature set and penalty of each fit (default: all)")
+    ap.add_argument("--l1-grid", type=float, nargs="+", default=list(L1_GRID),
+                    help="L1 strengths tried on validation (fewer: faster on a large cohort)")
     args = ap.parse_args()
     started = time.perf_counter()
     d = build(args.raw, args.data)
     y, split = d["y"], d["split"]
     train, val = split == "train", split == "val"
     rows = {"oracle": {**evaluate(y, split, d["oracle"]), "penalty": "–", "features": 0}}
-    fitters = {"L2": (fit, L2_GRID), "L1": (fit_l1, L1_GRID)}
+    fitters = {"L2": (fit, L2_GRID), "L1": (fit_l1, tuple(args.l1_grid))}
     fits = [(f.rsplit("-", 1)[0], f.rsplit("-", 1)[1]) for f in args.fits]
     fits = [(name, pen, d["x"][name], *fitters[pen]) for name, pen in fits]
     for name, penalty, x, fitter, grid in fits:
