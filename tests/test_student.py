@@ -414,9 +414,9 @@ def test_wide_l1_is_the_absolute_sum_and_shrinks_the_wide_weights(tiny_data):
         assert float(wide.penalty(power=1)) == pytest.approx(float(expected) / n_drugs, rel=1e-5)
         assert float(wide.penalty()) == pytest.approx(float(squares) / n_drugs, rel=1e-5)
     assert StudentConfig(wide_l1=1e-3).wide_penalty(1000, 1e-3) == pytest.approx(2e-3)
+    assert StudentConfig().wide_l1 == 1e-3 and StudentConfig().wide_l2 == 0  # the defaults
 
     norms = {}
-    assert StudentConfig().wide_l1 == 1e-3 and StudentConfig().wide_l2 == 0  # the defaults
     for l1 in (0.0, 0.05):
         s = make_student(tiny_data, alpha=0, wide_l1=l1, train={"epochs": 3, "batch_size": 8})
         s.fit(tiny_data, FitContext(progress=False))

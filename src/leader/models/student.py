@@ -353,7 +353,8 @@ class WidePath(nn.Module):
     def penalty(self, power: int = 2) -> torch.Tensor:
         """Sum of squared (power 2) or absolute (power 1) effective weights, averaged per drug
         (as BCE averages)."""
-        total = sum((p * self.scale).abs().pow(power).sum() for p in self.parameters())
+        weights = (p * self.scale for p in self.parameters())
+        total = sum((w.abs() if power == 1 else w.square()).sum() for w in weights)
         return total / self.codes["drugs"].weight.shape[1]
 
     def _keep(self, ids: torch.Tensor) -> torch.Tensor | None:
