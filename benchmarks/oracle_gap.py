@@ -89,7 +89,6 @@ def build(raw: Path, data: Path) -> dict:
     x_code = _onehot(dx, len(model.dx.codes))
     feat = (x_code @ model.dx_feat).tocsr()
     feat.data[:] = 1.0
-    n_cat = int(model.dx.category.max()) + 1
     n_kw = len(KEYWORD_DRUGS)
     n_feat = feat.shape[1]
     profile = model.spec.profile
@@ -123,24 +122,28 @@ def build(raw: Path, data: Path) -> dict:
         if c in cls_index:
             oracle[:, cls_index[c]] = prob[:, j]
     return {"x": {k: sparse.hstack(v).tocsr() for k, v in blocks.items()}, "y": y,
-            "split": visits["split"].to_numpy(), "oracle": oracle, "n_categories": n_cat}
+            "split": visits["split"].to_numpy(), "oracle": oracle}
 
 
-def fit(x: sparse.csr_matrix, y: np.ndarray, l2: float, steps: int = 200) -> torch.nn.Linear:
+def _log_odds(yt: torch.Tensor) -> torch.Tensor:
+    """Each class's training log-odds: where both fits start their bias."""
+    rate = yt.mean(0).clamp(1e-4, 1 - 1e-4)
+    return torch.log(rate / (1 - rate))
+
+
+def fit(xt: torch.Tensor, yt: torch.Tensor, l2: float, steps: int = 200) -> torch.nn.Linear:
     """Multi-label logistic regression, full batch L-BFGS, bias started at the log-odds."""
     torch.manual_seed(0)
-    xt, yt = torch.tensor(x.toarray()), torch.tensor(y, dtype=torch.float32)
-    lin = torch.nn.Linear(x.shape[1], y.shape[1])
+    lin = torch.nn.Linear(xt.shape[1], yt.shape[1])
     with torch.no_grad():
         lin.weight.zero_()
-        rate = yt.mean(0).clamp(1e-4, 1 - 1e-4)
-        lin.bias.copy_(torch.log(rate / (1 - rate)))
+        lin.bias.copy_(_log_odds(yt))
     opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(lin(xt), yt)
-        loss = loss + l2 * lin.weight.square().sum() / y.shape[1]
+        loss = loss + l2 * lin.weight.square().sum() / yt.shape[1]
         loss.backward()
         return loss
 
@@ -148,19 +151,17 @@ def fit(x: sparse.csr_matrix, y: np.ndarray, l2: float, steps: int = 200) -> tor
     return lin
 
 
-def fit_l1(x: sparse.csr_matrix, y: np.ndarray, l1: float, steps: int = 600) -> torch.nn.Linear:
+def fit_l1(xt: torch.Tensor, yt: torch.Tensor, l1: float, steps: int = 600) -> torch.nn.Linear:
     """The same model with an L1 penalty (the generator's weights are sparse: 1-3 drug classes
     per category), fitted by FISTA (proximal gradient with momentum, fixed step 1/L)."""
-    xt, yt = torch.tensor(x.toarray()), torch.tensor(y, dtype=torch.float32)
     n = xt.shape[0]
     v = torch.randn(xt.shape[1], generator=torch.Generator().manual_seed(0))
     for _ in range(50):  # power iteration: the largest eigenvalue of X^T X
         v = xt.T @ (xt @ v)
         v = v / v.norm()
     lipschitz = float((xt @ v).square().sum()) / (4 * n) + 1e-3
-    rate = yt.mean(0).clamp(1e-4, 1 - 1e-4)
     w = torch.zeros(xt.shape[1], yt.shape[1])
-    b = torch.log(rate / (1 - rate))
+    b = _log_odds(yt)
     zw, zb, t = w.clone(), b.clone(), 1.0
     for _ in range(steps):
         g = (torch.sigmoid(xt @ zw + zb) - yt) / n
@@ -178,9 +179,9 @@ def fit_l1(x: sparse.csr_matrix, y: np.ndarray, l1: float, steps: int = 600) -> 
     return lin
 
 
-def score(lin: torch.nn.Linear, x: sparse.csr_matrix) -> np.ndarray:
+def score(lin: torch.nn.Linear, xt: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        return torch.sigmoid(lin(torch.tensor(x.toarray()))).numpy()
+        return torch.sigmoid(lin(xt)).numpy()
 
 
 def evaluate(y: np.ndarray, split: np.ndarray, scores: np.ndarray) -> dict:
@@ -209,16 +210,18 @@ def main() -> None:
     fitters = {"L2": (fit, L2_GRID), "L1": (fit_l1, tuple(args.l1_grid))}
     fits = [(f.rsplit("-", 1)[0], f.rsplit("-", 1)[1]) for f in args.fits]
     fits = [(name, pen, d["x"][name], *fitters[pen]) for name, pen in fits]
+    y_train = torch.tensor(y[train], dtype=torch.float32)
     for name, penalty, x, fitter, grid in fits:
+        xt = torch.tensor(x.toarray())  # dense once per feature set, not per grid point
         best = None
         for strength in grid:
-            lin = fitter(x[train], y[train], strength)
-            p_val = metrics.summarize(metrics.per_visit(y[val], score(lin, x[val])))["prauc"]
+            lin = fitter(xt[train], y_train, strength)
+            p_val = metrics.summarize(metrics.per_visit(y[val], score(lin, xt[val])))["prauc"]
             print(json.dumps({"features": name, penalty: strength, "val_prauc": round(p_val, 4)}),
                   flush=True)
             if best is None or p_val > best[0]:
                 best = (p_val, strength, lin)
-        rows[f"{name}, {penalty}"] = {**evaluate(y, split, score(best[2], x)),
+        rows[f"{name}, {penalty}"] = {**evaluate(y, split, score(best[2], xt)),
                                       "penalty": f"{penalty} {best[1]:g}",
                                       "features": x.shape[1], "val_prauc": best[0]}
     oracle = rows["oracle"]["jaccard"]
