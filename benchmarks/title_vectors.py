@@ -9,8 +9,18 @@ student each code's title as a fixed vector, two ways, and trains the undistille
 
 - ``teacher``: the title ("Diagnosis: <long title>") through the fine-tuned teacher's backbone
   (LoRA included), mean-pooled over its tokens;
+- ``priors``: the teacher's own drug logits for the title read alone ("what would you give for
+  this diagnosis?"), centred per drug over the vocabulary (or, ``--prior-top K``, a 1 for the K
+  drugs it scores highest); the wide path adds their sum over the visit's codes times one
+  learned weight per drug (the place ``wide`` only);
 - ``words``: TF-IDF over the title's words (words in at least two titles), no model at all: the
-  control that says whether the LLM adds anything over the words themselves.
+  control that says whether the LLM adds anything over the words themselves;
+- ``wordset``: which of those words each title holds (1 or 0, no weighting, no reduction): under
+  the wide path's L1 each word can get a few drug logits of its own, as a keyword would;
+- ``keywords``: which of the synthetic generators' own title rules (``KEYWORD_DRUGS`` of the
+  additive model, ``CONDITIONS`` of ``clinical``) each diagnosis title matches, one column per
+  rule: a reader that knows exactly what the generator reads in a title. Its gain is the ceiling
+  of what any title reader, a teacher included, can pass to the student on this synthetic data.
 
 Each vector table is centred, reduced to its top ``--rank`` principal components, whitened and
 scaled to unit row norm. A learned projection adds it to the deep path's code embeddings
@@ -45,33 +55,76 @@ from torch import nn
 import leader.models.student as student_module
 from leader.bundle import load
 from leader.data.dataset import Dataset
+from leader.models.teacher import pool, position_ids
 from leader.pipelines import fit_model
 
 KINDS = student_module.KINDS
 LABEL = {"diagnoses": "Diagnosis", "procedures": "Procedure", "drugs": "Medication class"}
+SOURCES = ("teacher", "priors", "words", "wordset", "keywords")
 PLACES = {"deep": ("deep",), "wide": ("wide",), "both": ("deep", "wide")}
 
 
 def teacher_vectors(teacher_dir: Path, data: Dataset, batch: int = 64) -> dict[str, torch.Tensor]:
-    """Each vocabulary code's title through the teacher's backbone, mean-pooled: [V, H]."""
+    """Each vocabulary code's title through the teacher, two readings in one pass: its backbone's
+    state mean-pooled ([V, H], key ``<kind>``) and the teacher's own drug logits for the title
+    alone, pooled as it was trained ([V, drugs], key ``<kind>.logits``)."""
     teacher = load(teacher_dir).model
     tokenizer, module = teacher.task().tokenizer, teacher.module.eval()
-    module.pooling = "mean"
     out = {}
     for kind in KINDS:
         titles = data.schema.vocab[kind].titles
         texts = [f"{LABEL[kind]}: {t}" for t in titles]
-        rows = []
+        states, logits = [], []
         for start in range(0, len(texts), batch):
             enc = tokenizer(texts[start : start + batch], padding=True, return_tensors="pt")
             with torch.no_grad():
-                rows.append(module(enc["input_ids"], enc["attention_mask"])[1])
-        out[kind] = torch.cat(rows).contiguous()
+                hidden = module.backbone(input_ids=enc["input_ids"],
+                                         attention_mask=enc["attention_mask"],
+                                         position_ids=position_ids(enc["attention_mask"]),
+                                         use_cache=False).last_hidden_state
+                trained = pool(hidden, enc["attention_mask"], module.pooling)
+                states.append(pool(hidden, enc["attention_mask"], "mean"))
+                logits.append(module.drug_layer(trained))
+        out[kind] = torch.cat(states).contiguous()
+        out[f"{kind}.logits"] = torch.cat(logits).contiguous()
     return out
 
 
-def word_vectors(data: Dataset) -> dict[str, torch.Tensor]:
-    """TF-IDF over each title's words (words of at least two titles), rows of unit norm."""
+def title_priors(logits: torch.Tensor, top: int = 0) -> torch.Tensor:
+    """The teacher's title-alone logits centred per drug over the vocabulary ([V, drugs]), or
+    with ``top`` > 0 a 1 for each title's ``top`` highest-scoring drugs (after centring) and 0
+    elsewhere; the padding id's zero row first."""
+    centred = logits - logits.mean(0)
+    if top > 0:
+        picked = centred.topk(min(top, centred.shape[1]), dim=1).indices
+        centred = torch.zeros_like(centred).scatter_(1, picked, 1.0)
+    return torch.cat([torch.zeros(1, centred.shape[1]), centred])
+
+
+def print_keyword_ranks(logits: torch.Tensor, data: Dataset) -> None:
+    """Has the teacher learnt the generator's title rules? Per ``KEYWORD_DRUGS`` rule with a
+    matching diagnosis title: where the rule's drugs rank among the teacher's centred logits for
+    those titles (0 = top, 0.5 = chance)."""
+    from leader.data.synth_model import KEYWORD_DRUGS
+
+    centred = logits - logits.mean(0)
+    order = centred.argsort(dim=1, descending=True).argsort(dim=1).float() / centred.shape[1]
+    titles = [t.lower() for t in data.schema.vocab["diagnoses"].titles]
+    drugs = data.schema.vocab["drugs"].index
+    ranks = {}
+    for pattern, targets in KEYWORD_DRUGS:
+        hit = [i for i, t in enumerate(titles) if re.search(pattern, t)]
+        cols = [drugs[t] for t in targets if t in drugs]
+        if hit and cols:
+            ranks[pattern] = order[hit][:, cols].mean().item()
+    for pattern, r in ranks.items():
+        print(f"keyword rank {r:.3f}  {pattern}")
+    print(f"keyword rank, mean over {len(ranks)} rules: {statistics.mean(ranks.values()):.3f}")
+
+
+def word_vectors(data: Dataset, binary: bool = False) -> dict[str, torch.Tensor]:
+    """TF-IDF over each title's words (words of at least two titles), rows of unit norm; or,
+    ``binary``, 1 where the title holds the word (with the padding id's zero row first)."""
     out = {}
     for kind in KINDS:
         docs = [re.findall(r"[a-z]+", t.lower()) for t in data.schema.vocab[kind].titles]
@@ -82,7 +135,30 @@ def word_vectors(data: Dataset) -> dict[str, torch.Tensor]:
             for w in words:
                 if w in column:
                     m[i, column[w]] += math.log(len(docs) / df[w])
-        out[kind] = m / m.norm(dim=1, keepdim=True).clamp(min=1e-6)
+        if binary:
+            out[kind] = torch.cat([torch.zeros(1, m.shape[1]), (m > 0).float()])
+        else:
+            out[kind] = m / m.norm(dim=1, keepdim=True).clamp(min=1e-6)
+    return out
+
+
+def keyword_vectors(data: Dataset) -> dict[str, torch.Tensor]:
+    """1 where a diagnosis title matches one of the generators' title rules (padding row 0;
+    procedures and drug classes get no rule, an all-zero column)."""
+    from leader.data.synth_clinical import CONDITIONS
+    from leader.data.synth_model import KEYWORD_DRUGS
+
+    rules = [re.compile(p) for p, _ in KEYWORD_DRUGS] + [re.compile(p) for p, _ in
+                                                          CONDITIONS.values()]
+    out = {}
+    for kind in KINDS:
+        titles = data.schema.vocab[kind].titles
+        m = torch.zeros(len(titles) + 1, len(rules) if kind == "diagnoses" else 1)
+        if kind == "diagnoses":
+            for i, title in enumerate(titles, start=1):
+                for j, rule in enumerate(rules):
+                    m[i, j] = float(rule.search(title.lower()) is not None)
+        out[kind] = m
     return out
 
 
@@ -97,15 +173,30 @@ def whitened(x: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, rank), z])
 
 
+class Diagonal(nn.Module):
+    """x -> x * w, w per column, starting at zero."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
 class WithTitles(nn.Module):
     """An embedding (or embedding bag) plus a learned projection of each code's title vector."""
 
-    def __init__(self, inner: nn.Module, table: torch.Tensor, zero: bool):
+    def __init__(self, inner: nn.Module, table: torch.Tensor, zero: bool, diagonal: bool = False):
         super().__init__()
         self.inner = inner
         self.register_buffer("table", table, persistent=False)
-        self.proj = nn.Linear(table.shape[1], inner.weight.shape[1], bias=False)
-        nn.init.zeros_(self.proj.weight) if zero else nn.init.normal_(self.proj.weight, std=0.02)
+        if diagonal:  # the table is already per drug: one learned weight per drug
+            self.proj = Diagonal(table.shape[1])
+        else:
+            self.proj = nn.Linear(table.shape[1], inner.weight.shape[1], bias=False)
+            init = nn.init.zeros_ if zero else (lambda w: nn.init.normal_(w, std=0.02))
+            init(self.proj.weight)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -119,7 +210,8 @@ class WithTitles(nn.Module):
         return self.inner(ids) + self.proj(self.table[ids])
 
 
-def add_titles(tables: dict[str, torch.Tensor] | None, places: tuple[str, ...]) -> Callable:
+def add_titles(tables: dict[str, torch.Tensor] | None, places: tuple[str, ...],
+               per_drug: bool = False) -> Callable:
     """Make Student.build wrap the code embeddings of the chosen paths (None: leave them);
     returns the original build, to put back."""
     build = student_module.Student.__dict__["build"]
@@ -134,7 +226,8 @@ def add_titles(tables: dict[str, torch.Tensor] | None, places: tuple[str, ...]) 
                 sets.embed = WithTitles(sets.embed, tables[kind], zero=False)
             if "wide" in places and self.module.wide is not None:
                 codes = self.module.wide.codes
-                codes[kind] = WithTitles(codes[kind], tables[kind], zero=True)
+                diagonal = tables[kind].shape[1] == codes[kind].weight.shape[1] and per_drug
+                codes[kind] = WithTitles(codes[kind], tables[kind], zero=True, diagonal=diagonal)
 
     student_module.Student.build = with_titles
     return build
@@ -150,22 +243,45 @@ def train(data: Path, out: Path, seed: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--teacher", type=Path, help="fine-tuned teacher (source `teacher`)")
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--places", nargs="+", default=["both", "wide"], choices=tuple(PLACES))
+    parser.add_argument("--prior-top", type=int, default=0,
+                        help="priors: 1 for the K drugs each title scores highest, 0 elsewhere "
+                        "(0: the centred logits themselves)")
+    parser.add_argument("--sources", nargs="+", default=["teacher", "words"], choices=SOURCES)
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     data = Dataset.load(args.data)
-    cached = args.work / "teacher-vectors.safetensors"
-    if not cached.is_file():
-        started = time.perf_counter()
-        save_file(teacher_vectors(args.teacher, data), str(cached))
-        print(f"teacher vectors: {time.perf_counter() - started:.0f} s", flush=True)
-    raw = {"teacher": load_file(str(cached)), "words": word_vectors(data)}
+    raw = {}
+    if {"teacher", "priors"} & set(args.sources):
+        if args.teacher is None:
+            parser.error("the source `teacher` needs --teacher")
+        cached = args.work / "teacher-vectors.safetensors"
+        if not cached.is_file():
+            started = time.perf_counter()
+            save_file(teacher_vectors(args.teacher, data), str(cached))
+            print(f"teacher vectors: {time.perf_counter() - started:.0f} s", flush=True)
+        vectors = load_file(str(cached))
+        raw["teacher"] = {k: vectors[k] for k in KINDS}
+        if "priors" in args.sources:  # centred per drug: what the title adds to a drug's odds
+            priors = {k: title_priors(vectors[f"{k}.logits"], args.prior_top) for k in KINDS}
+            print_keyword_ranks(vectors["diagnoses.logits"], data)
+    if "teacher" not in args.sources:
+        raw.pop("teacher", None)
+    if "words" in args.sources:
+        raw["words"] = word_vectors(data)
     tables = {name: {k: whitened(v[k], args.rank) for k in KINDS} for name, v in raw.items()}
+    # kept as they are: one column per word or rule, no mixing
+    if "wordset" in args.sources:
+        tables["wordset"] = word_vectors(data, binary=True)
+    if "keywords" in args.sources:
+        tables["keywords"] = keyword_vectors(data)
+    if "priors" in args.sources:
+        tables["priors"] = priors
     variants = [("none", None, ())] + [
         (f"{name}-{place}", tables[name], PLACES[place])
         for name in tables for place in args.places
@@ -173,7 +289,7 @@ def main() -> None:
     results: dict[str, dict[int, dict[str, float]]] = collections.defaultdict(dict)
     for seed in args.seeds:
         for name, table, places in variants:
-            original = add_titles(table, places)
+            original = add_titles(table, places, per_drug=name.startswith("priors"))
             try:
                 results[name][seed] = train(args.data, args.work / f"{name}-{seed}", seed)
             finally:
