@@ -18,6 +18,8 @@ its category; no titles) can only do worse. Feature sets, each a separate fit:
 - ``no-titles``: without the title keywords (what a reader of codes alone could know);
 - ``visible``: also without the admission type (not a profile field of the MIMIC-III layout,
   which has religion in its place as in the paper): everything a student can see;
+- ``categories``: ``visible`` without the ICD-9 chapters (the student's code hierarchy has one
+  level, the category): what the chapters are worth;
 - ``codes``: every drawn diagnosis and procedure code as its own feature (no categories,
   chapters or keywords), the profile and the previous drugs (a plain logistic regression
   on all codes).
@@ -51,7 +53,7 @@ from leader.data.synth_model import AGE_EDGES, KEYWORD_DRUGS, build_model
 L2_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 L1_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 FITS = ("generator-L2", "no-titles-L2", "codes-L2", "generator-L1", "no-titles-L1",
-        "visible-L1")
+        "visible-L1", "categories-L1")
 
 
 def _onehot(rows: list[list[int]], width: int) -> sparse.csr_matrix:
@@ -91,6 +93,7 @@ def build(raw: Path, data: Path) -> dict:
     feat.data[:] = 1.0
     n_kw = len(KEYWORD_DRUGS)
     n_feat = feat.shape[1]
+    n_cat = int(model.dx.category.max()) + 1  # the first block of the features: categories
     profile = model.spec.profile
     ins = {v: i for i, v in enumerate(profile["insurance"])}
     typ = {v: i for i, v in enumerate(profile["admission_type"])}
@@ -111,6 +114,7 @@ def build(raw: Path, data: Path) -> dict:
         "generator": [feat, x_pcat, x_prof, x_prev],
         "no-titles": [feat[:, : n_feat - n_kw], x_pcat, x_prof, x_prev],
         "visible": [feat[:, : n_feat - n_kw], x_pcat, x_prof[:, :type_columns], x_prev],
+        "categories": [feat[:, :n_cat], x_pcat, x_prof[:, :type_columns], x_prev],
         "codes": [x_code, _onehot(px, len(model.px.codes)), x_prof, x_prev],
     }
     classes, truth = read_ground_truth(raw)
