@@ -10,9 +10,11 @@ Measures, with ``torch.set_num_threads(--threads)``:
 - training samples/s of today's student against the student of ``--old`` (a git commit; the
   old module is read with ``git show`` into a temporary directory), in the same run and
   interleaved (old, new, old, new, ...) so that both see the same machine load: collate,
-  forward, BCE, backward and the optimiser step on batches of 32 training samples, each with
-  its own defaults (old: torch's default threads and plain AdamW; new: leader's thread default
-  and fused AdamW); ``--train-steps`` steps per round, the best round kept;
+  forward, the loss (old: BCE; new: the loss its ``fit`` uses without a teacher, BCE and the
+  wide path's penalties), backward and the optimiser step on batches of 32 samples, each with
+  its own defaults (an old commit before ``StudentConfig``: torch's default threads, plain
+  AdamW and BCE; a later one: its default student, its own loss, leader's thread default and
+  fused AdamW, as today's); ``--train-steps`` steps per round, the best round kept;
 - student parameters;
 - batched inference: ``predict_proba`` over every sample of DATA_DIR in batches of
   ``--batch-size``, collate included (visits = samples = target visits scored per second);
@@ -32,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +91,7 @@ def old_student_module(commit: str):
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("old_student", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
     registered = dict(base._REGISTRY)
     spec.loader.exec_module(module)
     base._REGISTRY.clear()
@@ -101,7 +105,7 @@ def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
     import torch.nn.functional as F
 
     from leader.models.base import start_from_frequencies
-    from leader.models.student import Student
+    from leader.models.student import DistillBatch, DistillTask, Student
     from leader.train import default_threads
 
     old = old_student_module(old_commit)
@@ -110,30 +114,52 @@ def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
     enc = student.encoder
     samples = [train[i : i + 32] for i in range(0, 32 * steps, 32)]
     torch.manual_seed(0)
-    old_module = old.StudentModule(
-        enc.sizes(), enc.profile_sizes(), len(data.drugs), **old.DEFAULTS
-    )
     student.build()
     start_from_frequencies(student.module.head.bias, data)
+    # today's loss as `fit` makes it: BCE plus the wide path's penalties at this cohort's size
+    cfg = student.config
+    task = DistillTask(student, None, cfg.wide_penalty(len(train)),
+                       cfg.wide_penalty(len(train), cfg.wide_l1))
+
+    def new_loss(module, batch):
+        return task.loss(task.module, DistillBatch(batch, None))[0]
+
+    if hasattr(old, "DEFAULTS"):  # before StudentConfig: the bare module and BCE
+        old_module = old.StudentModule(
+            enc.sizes(), enc.profile_sizes(), len(data.drugs), **old.DEFAULTS
+        )
+        old_threads, old_fused = torch.get_num_threads(), False
+
+        def old_loss(module, batch):
+            return F.binary_cross_entropy_with_logits(module(batch)[0], batch.target)
+    else:  # a StudentConfig commit: its default student and the loss of its own task
+        old_student = old.Student(data.schema)
+        old_student.build()
+        old_task = old.DistillTask(old_student, None)
+        old_module, old_threads, old_fused = old_student.module, default_threads(), True
+
+        def old_loss(module, batch):
+            return old_task.loss(old_task.module, old.DistillBatch(batch, None))[0]
+
     setups = {
-        "old": (old_module, torch.optim.AdamW(old_module.parameters(), 5e-4),
-                torch.get_num_threads()),
+        "old": (old_module, torch.optim.AdamW(old_module.parameters(), 5e-4, fused=old_fused),
+                old_threads, old_loss),
         "new": (student.module,
                 torch.optim.AdamW(student.module.parameters(), 5e-4, fused=True),
-                default_threads()),
+                default_threads(), new_loss),
     }
     # today's student with the other thread count: what the thread default is worth here
     other = 2 if default_threads() == 1 else 1
-    setups[f"new_{other}_threads"] = (*setups["new"][:2], other)
+    setups[f"new_{other}_threads"] = (*setups["new"][:2], other, new_loss)
     best = {k: 0.0 for k in setups}
     for _ in range(rounds):
-        for name, (module, opt, threads) in setups.items():
+        for name, (module, opt, threads, loss_of) in setups.items():
             torch.set_num_threads(threads)
             module.train()
             t = time.perf_counter()
             for batch_samples in samples:
                 batch = enc.collate(batch_samples)  # collate is part of every training step
-                loss = F.binary_cross_entropy_with_logits(module(batch)[0], batch.target)
+                loss = loss_of(module, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
