@@ -139,6 +139,9 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     train(loop_task, train_samples, [], model.config.train,
           FitContext(progress=False, on_step=on_step))
     total_s, total_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
+    if len(stamps) < 2:
+        raise SystemExit(f"{name}: --train-samples {len(train_samples)} made fewer than two "
+                         "optimiser steps; the first is a warm-up, so nothing was timed")
     seconds = stamps[-1] - stamps[0]  # steps 2..n: the first is a warm-up
     cpu_s = cpu[-1] - cpu[0]
     padded = sizes[-1][0] - sizes[0][0]
