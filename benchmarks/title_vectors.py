@@ -4,7 +4,7 @@ Feature distillation has not helped (BENCHMARKS.md, Student (e)): every smollm2 
 below the student it should teach. A third of the test diagnoses of the converged teacher's
 cohort were seen at most three times in training, and the student knows such a code only through
 its own few visits and its ICD category, while the teacher reads its title. This script gives the
-student each code's title as a fixed vector, two ways, and trains the undistilled student
+student each code's title as a fixed vector, several ways, and trains the undistilled student
 (`leader distill --alpha 0 --beta 0`, epochs 50, lr 3e-3) with and without them:
 
 - ``teacher``: the title ("Diagnosis: <long title>") through the fine-tuned teacher's backbone
@@ -22,11 +22,12 @@ student each code's title as a fixed vector, two ways, and trains the undistille
   rule: a reader that knows exactly what the generator reads in a title. Its gain is the ceiling
   of what any title reader, a teacher included, can pass to the student on this synthetic data.
 
-Each vector table is centred, reduced to its top ``--rank`` principal components, whitened and
-scaled to unit row norm. A learned projection adds it to the deep path's code embeddings
-(``deep``), a zero-initialised one to the wide path's per-code logits (``wide``, under the wide
-path's L2), or both. The tables ride along as buffers: the bundles this script writes are for
-its metrics only (a plain `leader` cannot load them).
+The ``teacher`` and ``words`` tables are centred, reduced to their top ``--rank`` principal
+components, whitened and scaled to unit row norm; the others are used as they are. A learned
+projection adds a table to the deep path's code embeddings (``deep``), a zero-initialised one to
+the wide path's per-code logits (``wide``, under the wide path's penalty), or both. The tables
+ride along as buffers: the bundles this script writes are for its metrics only (a plain `leader`
+cannot load them).
 
     PYTHONPATH=src HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/title_vectors.py \\
         --data /tmp/t10/data --teacher /tmp/t10/teacher-all6 --work /tmp/titles --seeds 42 1 2 3 4
@@ -259,7 +260,7 @@ def main() -> None:
     raw = {}
     if {"teacher", "priors"} & set(args.sources):
         if args.teacher is None:
-            parser.error("the source `teacher` needs --teacher")
+            parser.error("the sources `teacher` and `priors` need --teacher")
         cached = args.work / "teacher-vectors.safetensors"
         if not cached.is_file():
             started = time.perf_counter()
