@@ -5,7 +5,7 @@ below the student it should teach. A third of the test diagnoses of the converge
 cohort were seen at most three times in training, and the student knows such a code only through
 its own few visits and its ICD category, while the teacher reads its title. This script gives the
 student each code's title as a fixed vector, several ways, and trains the undistilled student
-(`leader distill --alpha 0 --beta 0`, epochs 50, lr 3e-3) with and without them:
+(`leader distill --alpha 0 --beta 0`, ``--epochs``, default 50, lr 3e-3) with and without them:
 
 - ``teacher``: the title ("Diagnosis: <long title>") through the fine-tuned teacher's backbone
   (LoRA included), mean-pooled over its tokens;
@@ -234,8 +234,8 @@ def add_titles(tables: dict[str, torch.Tensor] | None, places: tuple[str, ...],
     return build
 
 
-def train(data: Path, out: Path, seed: int) -> dict[str, float]:
-    config = {"alpha": 0.0, "beta": 0.0, "train": {"epochs": 50, "lr": 3e-3, "seed": seed}}
+def train(data: Path, out: Path, seed: int, epochs: int = 50) -> dict[str, float]:
+    config = {"alpha": 0.0, "beta": 0.0, "train": {"epochs": epochs, "lr": 3e-3, "seed": seed}}
     result = fit_model("student", data, out, config, progress=False, force=True)
     m = result.metrics
     return {"val": m["val"]["prauc"], "prauc": m["test"]["prauc"], "jaccard": m["test"]["jaccard"]}
@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=50, help="student epochs (early stopping)")
     parser.add_argument("--places", nargs="+", default=["both", "wide"], choices=tuple(PLACES))
     parser.add_argument("--prior-top", type=int, default=0,
                         help="priors: 1 for the K drugs each title scores highest, 0 elsewhere "
@@ -292,7 +293,8 @@ def main() -> None:
         for name, table, places in variants:
             original = add_titles(table, places, per_drug=name.startswith("priors"))
             try:
-                results[name][seed] = train(args.data, args.work / f"{name}-{seed}", seed)
+                results[name][seed] = train(args.data, args.work / f"{name}-{seed}", seed,
+                                            args.epochs)
             finally:
                 student_module.Student.build = original
             print(json.dumps({"variant": name, "seed": seed, **results[name][seed]}), flush=True)
