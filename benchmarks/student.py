@@ -105,7 +105,7 @@ def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
     import torch.nn.functional as F
 
     from leader.models.base import start_from_frequencies
-    from leader.models.student import DistillBatch, DistillTask, Student
+    from leader.models.student import DistillBatch, Student
     from leader.train import default_threads
 
     old = old_student_module(old_commit)
@@ -117,9 +117,7 @@ def training_rates(data, old_commit: str, steps: int, rounds: int) -> dict:
     student.build()
     start_from_frequencies(student.module.head.bias, data)
     # today's loss as `fit` makes it: BCE plus the wide path's penalties at this cohort's size
-    cfg = student.config
-    task = DistillTask(student, None, cfg.wide_penalty(len(train)),
-                       cfg.wide_penalty(len(train), cfg.wide_l1))
+    task = student.distill_task(len(train))
 
     def new_loss(module, batch):
         return task.loss(task.module, DistillBatch(batch, None))[0]

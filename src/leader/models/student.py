@@ -642,15 +642,20 @@ class Student(MedModel):
         self.build()
         if self.config.frequency_bias:
             start_from_frequencies(self.module.head.bias, data)
-        n_train = data.n_samples("train")
-        wide_l2 = self.config.wide_penalty(n_train)
-        wide_l1 = self.config.wide_penalty(n_train, self.config.wide_l1)
-        self.run_loop(DistillTask(self, context.teacher, wide_l2, wide_l1), data, context)
+        task = self.distill_task(data.n_samples("train"), context.teacher)
+        self.run_loop(task, data, context)
         if self.module.wide is not None:
-            self.fit_summary["wide_l2"] = wide_l2  # the weights used, in the bundle manifest
-            self.fit_summary["wide_l1"] = wide_l1
+            self.fit_summary["wide_l2"] = task.wide_l2  # the weights used, in the bundle manifest
+            self.fit_summary["wide_l1"] = task.wide_l1
         self.module.eval()
         return self
+
+    def distill_task(self, n_train: int, teacher: Any = None) -> DistillTask:
+        """The training task, with the wide path's penalties sized for ``n_train`` training
+        samples (the square-root rule of :meth:`StudentConfig.wide_penalty`)."""
+        cfg = self.config
+        return DistillTask(self, teacher, cfg.wide_penalty(n_train),
+                           cfg.wide_penalty(n_train, cfg.wide_l1))
 
     @classmethod
     def load(cls, directory: Path, schema: Schema) -> Self:
