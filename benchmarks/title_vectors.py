@@ -110,13 +110,13 @@ def print_keyword_ranks(logits: torch.Tensor, data: Dataset) -> None:
 
     centred = logits - logits.mean(0)
     order = centred.argsort(dim=1, descending=True).argsort(dim=1).float() / centred.shape[1]
-    titles = [t.lower() for t in data.schema.vocab["diagnoses"].titles]
+    hits = rule_hits(data)  # its first columns are KEYWORD_DRUGS, in order
     drugs = data.schema.vocab["drugs"].index
     ranks = {}
-    for pattern, targets in KEYWORD_DRUGS:
-        hit = [i for i, t in enumerate(titles) if re.search(pattern, t)]
+    for k, (pattern, targets) in enumerate(KEYWORD_DRUGS):
+        hit = hits[:, k].nonzero().squeeze(1)
         cols = [drugs[t] for t in targets if t in drugs]
-        if hit and cols:
+        if len(hit) and cols:
             ranks[pattern] = order[hit][:, cols].mean().item()
     for pattern, r in ranks.items():
         print(f"keyword rank {r:.3f}  {pattern}")
@@ -143,23 +143,24 @@ def word_vectors(data: Dataset, binary: bool = False) -> dict[str, torch.Tensor]
     return out
 
 
-def keyword_vectors(data: Dataset) -> dict[str, torch.Tensor]:
-    """1 where a diagnosis title matches one of the generators' title rules (padding row 0;
-    procedures and drug classes get no rule, an all-zero column)."""
+def rule_hits(data: Dataset) -> torch.Tensor:
+    """[diagnosis codes, rules]: 1 where the code's title matches one of the generators' title
+    rules (``KEYWORD_DRUGS`` of the additive model, then ``CONDITIONS`` of ``clinical``)."""
     from leader.data.synth_clinical import CONDITIONS
     from leader.data.synth_model import KEYWORD_DRUGS
 
     rules = [re.compile(p) for p, _ in KEYWORD_DRUGS] + [re.compile(p) for p, _ in
                                                           CONDITIONS.values()]
-    out = {}
-    for kind in KINDS:
-        titles = data.schema.vocab[kind].titles
-        m = torch.zeros(len(titles) + 1, len(rules) if kind == "diagnoses" else 1)
-        if kind == "diagnoses":
-            for i, title in enumerate(titles, start=1):
-                for j, rule in enumerate(rules):
-                    m[i, j] = float(rule.search(title.lower()) is not None)
-        out[kind] = m
+    titles = [t.lower() for t in data.schema.vocab["diagnoses"].titles]
+    return torch.tensor([[float(r.search(t) is not None) for r in rules] for t in titles])
+
+
+def keyword_vectors(data: Dataset) -> dict[str, torch.Tensor]:
+    """:func:`rule_hits` after the padding id's zero row; procedures and drug classes get no
+    rule (one all-zero column)."""
+    hits = rule_hits(data)
+    out = {k: torch.zeros(len(data.schema.vocab[k]) + 1, 1) for k in KINDS}
+    out["diagnoses"] = torch.cat([torch.zeros(1, hits.shape[1]), hits])
     return out
 
 
