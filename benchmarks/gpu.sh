@@ -25,7 +25,7 @@ fi
 if ! "$PY" -c "import polars" 2>/dev/null; then  # the carried wheels (gpu_prepare.sh)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/leader-site \
     "$DIR"/wheels/*.whl
-  export PYTHONPATH="/tmp/leader-site:$PYTHONPATH"
+  export PYTHONPATH="/tmp/leader-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; } \
   | tee "$DIR/gpu.txt" || echo "no nvidia-smi: no GPU here" | tee "$DIR/gpu.txt"
