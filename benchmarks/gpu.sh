@@ -58,7 +58,7 @@ PYEOF
 fi
 echo "backbone: $LLM" | tee -a "$DIR/gpu.txt"
 "$PY" -m leader.cli prompt-stats "$DIR/data" --llm "$LLM" | tee "$DIR/prompts.txt"
-configs="${CONFIGS:-old,new,new-k4,new-ckpt,new-fp16}"
+configs="${CONFIGS:-old,new,new-plain,new-k4,new-ckpt,new-fp16}"
 if [ -z "${CONFIGS:-}" ] && "$PY" -c "import bitsandbytes" 2>/dev/null; then
   configs="$configs,new-4bit,new-8bit"
 fi

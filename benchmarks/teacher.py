@@ -11,12 +11,15 @@ samples of the data, built with the new budget (2,048 capped at the backbone's p
 prompt is shortened here). Configurations:
 
 - ``old``: the path before issue 10: fp32, prompts re-tokenized at every batch, random batches
-  padded to their longest prompt (no bucketing, no token cap), LoRA on all layers, export in data
-  order in batches of 16; at ``--old-batch-size`` (default 2: the old default of 8 does not fit
+  padded to their longest prompt (no bucketing, no token cap), LoRA on all layers, peft's own
+  dropout (no ``fast_paths``), export in data order in batches of 16; at ``--old-batch-size`` (default 2: the old default of 8 does not fit
   real-length prompts in memory).
-- ``new``: every new default (auto dtype, 1 thread, length buckets, 4,096-token cap, all layers).
+- ``new``: every new default (auto dtype, 1 thread, length buckets, the token cap, all layers,
+  ``fast_paths``).
 - ``new-k4``: the new defaults with ``--train-layers 4``; the layer-cache fill (one forward of
   the lower blocks per prompt) is timed separately and also amortised over one epoch.
+- ``new-plain``: the new defaults without ``fast_paths`` (peft's dropout and casts, bf16 LoRA
+  inputs copied to fp32, transformers' SDPA in the backbone's precision).
 - ``new-ckpt``, ``new-fp16``, ``new-4bit``, ``new-8bit``: gradient checkpointing, an fp16
   backbone with loss scaling, QLoRA 4/8-bit (GPU only; used by ``benchmarks/gpu.sh``).
 
@@ -48,9 +51,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONFIGS = {
-    "old": {"dtype": "fp32", "max_batch_tokens": None, "train_layers": None},
+    "old": {"dtype": "fp32", "max_batch_tokens": None, "train_layers": None, "fast_paths": False},
     "new": {},
     "new-k4": {"train_layers": 4},
+    "new-plain": {"fast_paths": False},  # the new defaults without models/fast_paths.py
     "new-ckpt": {"gradient_checkpointing": "on"},
     "new-fp16": {"dtype": "fp16"},  # GPUs without bf16; the loop scales the loss
     "new-4bit": {"quantize": "4bit"},  # GPU only (bitsandbytes)

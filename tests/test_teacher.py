@@ -20,6 +20,7 @@ from leader.cli import _register, app
 from leader.data.dataset import Dataset
 from leader.errors import LeaderError
 from leader.features import load_features
+from leader.models import fast_paths
 from leader.models.teacher import Teacher, last_token_index
 from leader.pipelines import fit_model, run_dir_for
 from leader.train import FitContext
@@ -85,8 +86,8 @@ def test_pooling_ignores_padding(small, pooling):
         for i in range(2):
             for k in range(2):  # logits and pooled hidden state
                 torch.testing.assert_close(batch[k][i], alone[i][k][0], atol=1e-5, rtol=1e-4)
-    with torch.no_grad():
-        states = module.backbone(input_ids=torch.tensor([a])).last_hidden_state[0]
+    with torch.no_grad(), fast_paths.autocast(torch.device("cpu"), module.autocast):
+        states = module.backbone(input_ids=torch.tensor([a])).last_hidden_state[0].float()
     expected = states.mean(dim=0) if pooling == "mean" else states[-1]
     torch.testing.assert_close(alone[0][1][0], expected, atol=1e-5, rtol=1e-4)
 

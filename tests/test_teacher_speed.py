@@ -249,6 +249,78 @@ def test_half_backbone_keeps_lora_and_drug_layer_fp32(small, dtype):
     assert model.task().loss_scaling == (dtype == "fp16")  # fp16 only: bf16 has fp32's range
 
 
+# --- fast paths (models/fast_paths.py) -----------------------------------------------------------
+
+
+def test_fast_dropout_drops_at_the_rate_scales_and_is_seeded():
+    from leader.models.fast_paths import Dropout
+
+    drop = Dropout(0.1).train()
+    x = torch.ones(1000, 1000, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.1) < 0.002  # a million draws
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.9))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.9)  # the gradient takes the same mask
+    torch.manual_seed(3)
+    assert torch.equal(drop(x.detach()), y.detach())
+    rows = drop(torch.ones(4, 1000)).ne(0)
+    assert not all(torch.equal(rows[0], r) for r in rows[1:])  # independent per element
+    assert torch.equal(drop.eval()(x.detach()), x.detach())
+    half = torch.ones(3, 3, dtype=torch.bfloat16)
+    assert drop(half).dtype == torch.float32  # peft's cast to the adapter's precision
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert drop(torch.ones(3, 3)).dtype == torch.bfloat16
+    with pytest.raises(ValueError):
+        Dropout(1.0)
+
+
+def test_fast_paths_give_the_same_model_and_scores(small):
+    """On an fp32 backbone the fast paths change only how dropout masks are drawn: the scores
+    of the same weights are the same, and training still lowers the loss."""
+    batch_samples = small.samples("train")[:6]
+    probs, modules = [], []
+    for fast in (False, True):
+        model = Teacher(small.schema, {**FAST, "dtype": "fp32", "fast_paths": fast})
+        model.build()
+        modules.append(model.module)
+        probs.append(model.predict_proba(batch_samples))
+    assert modules[0].autocast is None and modules[1].autocast is None  # fp32: no autocast
+    kinds = [{type(m).__name__ for m in mod.modules()} for mod in modules]
+    assert "Dropout" in kinds[1] and not any(
+        type(m).__module__ == "torch.nn.modules.dropout" for m in modules[1].modules())
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
+
+
+def test_bf16_fast_paths_autocast_lora_and_fp32_attention(small):
+    """A bf16 backbone: LoRA runs under autocast (weights and gradients fp32), attention in
+    fp32 on CPU; padding still changes nothing, and the scores stay near the plain bf16 path."""
+    from leader.models import fast_paths
+    from leader.models.fast_paths import FP32_ATTENTION
+
+    rows = {}
+    for fast in (False, True):
+        model = Teacher(small.schema, {**FAST, "dtype": "bf16", "fast_paths": fast})
+        model.build()
+        module = model.module
+        rows[fast] = model.predict_proba(small.samples("val")[:8])
+    assert module.autocast == torch.bfloat16
+    assert module.decoder.config._attn_implementation == FP32_ATTENTION
+    assert fast_paths.describe(module.decoder, module.autocast) == [
+        "cheap LoRA dropout masks", "LoRA products in bfloat16 (autocast)", "attention in fp32"]
+    np.testing.assert_allclose(rows[False], rows[True], atol=0.03)
+    task = model.task()
+    module.train()
+    loss, _ = task.loss(module, task.collate(small.samples("train")[:6]))
+    loss.backward()
+    grads = {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+               for g in grads.values())
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)  # A: 0 at start
+
+
 def test_fp16_teacher_trains_with_loss_scaling(small, tmp_path):
     """An fp16 backbone trains end to end (here on CPU): the loop scales the loss, logs the
     scale, and the result predicts finite probabilities."""
@@ -297,8 +369,10 @@ def test_metrics_from_the_export_pass_equal_a_separate_scoring_pass(small_dir, s
     result = fit_model("teacher", small_dir, out,
                        {**FAST, "train": {**FAST["train"], "max_steps": 2}},
                        progress=False, on_info=notes.append)
-    assert any("fp32" in n for n in notes) and any("estimated peak" in n for n in notes)
+    chosen = choose_dtype("auto")  # fp32, or bf16 on a host with bf16 matrix units
+    assert any(chosen in n for n in notes) and any("estimated peak" in n for n in notes)
     assert result.training["prompts"]["prompts"] > 0 and 0 <= result.training["padding_share"]
+    assert "cheap LoRA dropout masks" in result.training["fast_paths"]
     rec = load(out)
     separate = split_metrics(rec.model, small, rec.threshold)
     for split in ("val", "test"):
@@ -309,7 +383,7 @@ def test_metrics_from_the_export_pass_equal_a_separate_scoring_pass(small_dir, s
     probs = rec.model.predict_proba(small.samples("test"))
     np.testing.assert_allclose(torch.sigmoid(logits).numpy(), probs, atol=1e-5)
     manifest = __import__("json").loads((out / "manifest.json").read_text())
-    assert "prompts" in manifest["training"] and manifest["training"]["dtype"] == "fp32"
+    assert "prompts" in manifest["training"] and manifest["training"]["dtype"] == chosen
 
 
 def test_a_batch_cut_by_the_token_cap_weighs_its_samples_like_a_full_one(small):

@@ -37,6 +37,7 @@ from leader.llm import (
     set_threads,
 )
 from leader.memory import estimate_peak, memory_budget_gib
+from leader.models import fast_paths
 from leader.models.base import MedModel, register, start_from_frequencies
 from leader.models.layer_cache import LayerCache, backbone_key
 from leader.prompts import DEFAULT_HISTORY, Prompt, PromptBuilder, PromptStats
@@ -85,6 +86,9 @@ class TeacherConfig(Config):
         "auto", "Recompute activations in the backward pass (less memory, ~30% more compute); "
         "auto: on when the estimated peak exceeds half the RAM / 90% of the GPU.",
         choices=("auto", "on", "off"))
+    fast_paths: bool = option(True, "Cheaper LoRA dropout masks; on a bf16 backbone also LoRA's "
+                              "products in bf16 (torch.autocast; its weights stay fp32) and, on "
+                              "CPU, attention in fp32 (models/fast_paths.py).")
     train_layers: int | None = option(None, "LoRA on the top K blocks only; the frozen lower "
                                       "blocks' output is cached (a departure from the paper, "
                                       "for small machines). Default: all blocks.", ge=1)
@@ -138,12 +142,14 @@ class TeacherModule(nn.Module):
         n_drugs: int,
         split: int | None = None,
         pooling: str = "last",
+        autocast: torch.dtype | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.drug_layer = nn.Linear(hidden_size, n_drugs)  # fp32 even on a bf16 backbone
         self.split = split
         self.pooling = pooling
+        self.autocast = autocast  # the backbone's blocks run under torch.autocast(this dtype)
 
     @property
     def decoder(self) -> nn.Module:
@@ -157,25 +163,26 @@ class TeacherModule(nn.Module):
         attention_mask: torch.Tensor,
         lower: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(drug logits [B, |drugs|], pooled hidden state [B, H])."""
-        if self.split is None:
-            hidden = self.backbone(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids(attention_mask),
-                use_cache=False,
-            ).last_hidden_state
-        else:
-            if lower is None:
-                lower = self.lower(input_ids, attention_mask)
-            hidden = self._blocks(lower, attention_mask, self.split, None)
-            hidden = self.decoder.norm(hidden)
+        """(drug logits [B, |drugs|], pooled hidden state [B, H]); the drug layer runs in fp32."""
+        if self.split is not None and lower is None:
+            lower = self.lower(input_ids, attention_mask)
+        with fast_paths.autocast(input_ids.device, self.autocast):
+            if self.split is None:
+                hidden = self.backbone(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids(attention_mask),
+                    use_cache=False,
+                ).last_hidden_state
+            else:
+                hidden = self._blocks(lower, attention_mask, self.split, None)
+                hidden = self.decoder.norm(hidden)
         pooled = pool(hidden, attention_mask, self.pooling)
         return self.drug_layer(pooled), pooled
 
     def lower(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Output of the frozen blocks below ``split`` ([B, T, H]), without gradients."""
-        with torch.no_grad():
+        with torch.no_grad(), fast_paths.autocast(input_ids.device, self.autocast):
             embeds = self.decoder.embed_tokens(input_ids)
             return self._blocks(embeds, attention_mask, 0, self.split)
 
@@ -227,9 +234,13 @@ def enable_checkpointing(decoder: nn.Module) -> None:
         )
 
 
-def build_module(llm: Any, n_drugs: int, config: TeacherConfig) -> TeacherModule:
+def build_module(
+    llm: Any, n_drugs: int, config: TeacherConfig, dtype: str = "fp32",
+    device: torch.device | None = None,
+) -> TeacherModule:
     """Strip the LM head, add LoRA adapters (on the top blocks only with ``train_layers``),
-    add the drug layer."""
+    add the drug layer; with ``fast_paths``, the faster equivalents of
+    :mod:`leader.models.fast_paths` for a ``dtype`` backbone on ``device``."""
     backbone = llm.model.base_model  # e.g. LlamaModel: embeddings, layers, final norm
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -260,7 +271,14 @@ def build_module(llm: Any, n_drugs: int, config: TeacherConfig) -> TeacherModule
                 "lora_targets", f"{list(config.lora_targets)} not found in the model "
                 f"{config.llm} ({str(e).splitlines()[0]})"
             ) from None
-    return TeacherModule(backbone, llm.hidden_size, n_drugs, split, config.pooling)
+    autocast = None
+    if config.fast_paths and config.quantize is None:  # bitsandbytes layers cast on their own
+        fast_paths.use_fast_dropout(backbone)
+        if dtype == "bf16":
+            autocast = torch.bfloat16
+            if (device or torch.device("cpu")).type == "cpu":
+                fast_paths.use_fp32_attention(llm.model.base_model)
+    return TeacherModule(backbone, llm.hidden_size, n_drugs, split, config.pooling, autocast)
 
 
 # --- the training task -------------------------------------------------------------------------
@@ -448,7 +466,7 @@ class Teacher(MedModel):
         cfg.hidden_size = llm.hidden_size
         with torch.random.fork_rng(devices=[]):  # the same start for every run and replica
             torch.manual_seed(cfg.train.seed)
-            self.module = build_module(llm, len(self.schema.drugs), cfg)
+            self.module = build_module(llm, len(self.schema.drugs), cfg, self.dtype, device)
         self.module.drug_layer.to(torch.float32)
         self.module.to(device)
         self._task = None
@@ -533,15 +551,18 @@ class Teacher(MedModel):
         t0 = time.perf_counter()
         for s in (*train_samples, *val_samples):
             task.prompt(s)
+        fast = fast_paths.describe(self.module.decoder, self.module.autocast)
         say(f"backbone {self.config.llm} in {self.dtype}"
             f"{', ' + self.config.quantize if self.config.quantize else ''}; "
-            f"{torch.get_num_threads()} torch thread(s)")
+            f"{torch.get_num_threads()} torch thread(s)"
+            f"{'; ' + ', '.join(fast) if fast else ''}")
         say(f"prompts (train + val): {task.stats().line()} [{time.perf_counter() - t0:.0f} s]")
         estimate, checkpointing = self.plan_memory(train_samples, say)
         say(estimate.line())
         cached = 0
         if self.module.split is not None:
-            key = backbone_key(self.config.llm, self.dtype, self.module.split,
+            attention = self.module.decoder.config._attn_implementation  # its kernel's dtype
+            key = backbone_key(self.config.llm, f"{self.dtype}/{attention}", self.module.split,
                                self.module.decoder.layers[: self.module.split])
             run_dir = context.run_dir
             directory = None if run_dir is None else run_dir / LAYER_CACHE
@@ -563,6 +584,7 @@ class Teacher(MedModel):
             prompts_built=stats.prompts,
             prompts=stats.to_dict(),
             dtype=self.dtype,
+            fast_paths=fast,
             padding_share=round(1 - task.tokens["real"] / padded, 4) if padded else None,
             memory_estimate_gib=estimate.total_gib,
             gradient_checkpointing=checkpointing,
