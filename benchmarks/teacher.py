@@ -12,8 +12,8 @@ prompt is shortened here). Configurations:
 
 - ``old``: the path before issue 10: fp32, prompts re-tokenized at every batch, random batches
   padded to their longest prompt (no bucketing, no token cap), LoRA on all layers, peft's own
-  dropout (no ``fast_paths``), export in data order in batches of 16; at ``--old-batch-size`` (default 2: the old default of 8 does not fit
-  real-length prompts in memory).
+  dropout (no ``fast_paths``), export in data order in batches of 16; at ``--old-batch-size``
+  (default 2: the old default of 8 does not fit real-length prompts in memory).
 - ``new``: every new default (auto dtype, 1 thread, length buckets, the token cap, all layers,
   ``fast_paths``).
 - ``new-k4``: the new defaults with ``--train-layers 4``; the layer-cache fill (one forward of

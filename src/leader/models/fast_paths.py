@@ -1,10 +1,10 @@
 """Cheaper ways to run the teacher's step on a bf16 backbone, with the same model and maths.
 
 A profile of one all-layer training step of ``smollm2`` on a CPU with bf16 matrix units
-(BENCHMARKS.md, Teacher) found the backbone's own matrix multiplies at ~200 GFLOP/s, but a third
-of the step elsewhere: LoRA's rank-8 products in fp32 with fp32 copies of every input, 7 dropout
-masks per block drawn one float at a time, and a bf16 attention backward that runs at half the
-speed of fp32 on CPU. Each helper here removes one of those:
+(docs/teacher.md, Fast paths) found the backbone's own matrix multiplies at ~200 GFLOP/s, and
+about 30% of the step in three avoidable places: LoRA's rank-8 products in fp32 on fp32 copies
+of every input, 7 dropout masks per block drawn one float at a time, and a bf16 attention
+backward that runs at half the speed of the fp32 one on CPU. Each helper removes one of those:
 
 - :func:`autocast`: the LoRA products run in bf16 under ``torch.autocast`` (the usual mixed
   precision: LoRA's weights, gradients and optimiser state stay fp32);
@@ -59,7 +59,9 @@ class Dropout(nn.Module):
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(
             -(2**63), 2**63 - 1)
         keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold
-        return x * keep.to(dtype).mul_(1 / (1 - self.p))  # cheaper than masked_fill in bf16
+        # cheaper than masked_fill in bf16; there the 1 / (1 - p) factor has bf16's precision,
+        # as it has in nn.Dropout on a bf16 tensor
+        return x * keep.to(dtype).mul_(1 / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}, dtype={self.dtype}"
