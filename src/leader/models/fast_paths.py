@@ -67,10 +67,9 @@ class Dropout(nn.Module):
         return f"p={self.p}, dtype={self.dtype}"
 
 
-def use_fast_dropout(backbone: nn.Module) -> int:
+def use_fast_dropout(backbone: nn.Module) -> None:
     """Swap every LoRA layer's dropout for :class:`Dropout`, which also takes over peft's cast
-    of the input; returns the number of layers changed."""
-    changed = 0
+    of the input."""
     for module in backbone.modules():
         drops, weights = getattr(module, "lora_dropout", None), getattr(module, "lora_A", None)
         if not isinstance(drops, nn.ModuleDict) or not isinstance(weights, nn.ModuleDict):
@@ -79,8 +78,6 @@ def use_fast_dropout(backbone: nn.Module) -> int:
             p = drop.p if isinstance(drop, nn.Dropout) else 0.0
             drops[name] = Dropout(p, weights[name].weight.dtype)
         module.cast_input_dtype_enabled = False  # Dropout casts, once
-        changed += 1
-    return changed
 
 
 def _fp32_sdpa(module, query, key, value, attention_mask, **kwargs):

@@ -36,9 +36,11 @@ CACHE_INFO = "cache.json"
 SHARD_SIZE = 256
 
 
-def backbone_key(spec: str, dtype: str, split: int, lower: torch.nn.Module) -> str:
-    """Identity of the lower blocks: backbone spec, dtype, split point and their weights."""
-    h = hashlib.sha256(json.dumps([spec, dtype, split]).encode())
+def backbone_key(spec: str, dtype: str, attention: str, split: int,
+                 lower: torch.nn.Module) -> str:
+    """Identity of the lower blocks: backbone spec, dtype, attention kernel (its precision can
+    differ from the dtype's), split point and their weights."""
+    h = hashlib.sha256(json.dumps([spec, dtype, attention, split]).encode())
     for name, tensor in sorted(lower.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())

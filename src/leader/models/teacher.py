@@ -561,9 +561,9 @@ class Teacher(MedModel):
         say(estimate.line())
         cached = 0
         if self.module.split is not None:
-            attention = self.module.decoder.config._attn_implementation  # its kernel's dtype
-            key = backbone_key(self.config.llm, f"{self.dtype}/{attention}", self.module.split,
-                               self.module.decoder.layers[: self.module.split])
+            decoder = self.module.decoder
+            key = backbone_key(self.config.llm, self.dtype, decoder.config._attn_implementation,
+                               self.module.split, decoder.layers[: self.module.split])
             run_dir = context.run_dir
             directory = None if run_dir is None else run_dir / LAYER_CACHE
             task.cache = LayerCache(directory, key)
