@@ -34,6 +34,15 @@ resamples of 80%, and the paired difference new - old with a 95% bootstrap inter
 --parallel`` (the same 8 samples per optimiser step in both; both at once, one core each: the
 timings of such a run are not comparable, the PRAUC is).
 
+Per core or the whole machine: by default every configuration runs one process with one torch
+thread (per-core throughput, the strictest comparison). ``--old-threads 2 --procs 2`` measures
+what a 2-core machine gives each path instead: the old path with 2 torch threads (torch's
+default before issue 10: one per core) against the new configurations under ``torchrun
+--nproc_per_node 2`` (one thread per process, each process half the batches and half the
+export; the way the docs tell users to fill several cores); ``--threads 2`` instead of
+``--procs 2`` runs them in one process with 2 threads. Tokens and CPU seconds are then summed
+over the processes and the wall time is the slowest process's; peak RSS is per process.
+
 Wall-clock AND process CPU seconds are reported: on a shared machine the CPU figures are the
 fairer comparison. Prints one JSON object with ratios new/old.
 """
@@ -101,16 +110,19 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     import torch
 
     from leader.data.dataset import Dataset
+    from leader.distributed import ensure_process_group
     from leader.models.teacher import Teacher
     from leader.train import FitContext, train
 
+    _, procs = ensure_process_group()
     data = Dataset.load(args.data)
     train_samples = data.samples("train")[: args.train_samples]
     export_samples = data.samples()[: args.export_samples]
     batch_size = args.old_batch_size if name == "old" else args.batch_size
     config = {"llm": args.llm, **CONFIGS[name],
               "train": {"batch_size": batch_size, "epochs": args.epochs, "seed": args.seed,
-                        "grad_accum": args.old_grad_accum if name == "old" else 1}}
+                        "grad_accum": args.old_grad_accum if name == "old" else 1,
+                        "threads": args.old_threads if name == "old" else args.threads}}
     t0 = time.perf_counter()
     model = Teacher(data.schema, config)
     model.build()
@@ -150,6 +162,10 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     cpu_s = cpu[-1] - cpu[0]
     padded = sizes[-1][0] - sizes[0][0]
     real = sizes[-1][1] - sizes[0][1]
+    if procs > 1:  # the machine's throughput: every process's tokens over the slowest's time
+        seconds, total_s, cache_s = (_across_ranks(v, "max") for v in (seconds, total_s, cache_s))
+        cpu_s, total_cpu, cache_cpu, padded, real = (
+            _across_ranks(v, "sum") for v in (cpu_s, total_cpu, cache_cpu, padded, real))
     quality = {}
     if args.val_samples:  # the same scoring for every configuration: the new task's batches
         from leader.data.samples import multi_hot
@@ -172,14 +188,19 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
             for i in range(0, len(export_samples), 16):
                 b = loop_task.collate(export_samples[i : i + 16])
                 model.module(b.input_ids, b.attention_mask)
-    else:
-        model.encode(export_samples)
+    else:  # shared between the processes of a torchrun child, as train-teacher does
+        from leader.pipelines import encode_shared
+
+        encode_shared(model, export_samples)
     export_s, export_cpu = time.perf_counter() - t2, cpu_seconds() - c2
+    if procs > 1:  # encode() shares the export between the processes
+        export_s, export_cpu = _across_ranks(export_s, "max"), _across_ranks(export_cpu, "sum")
     lengths = [len(task.prompt(s).input_ids) for s in train_samples]
     return {
         "config": name,
         "dtype": model.dtype,
         "threads": torch.get_num_threads(),
+        "processes": procs,
         "batch_size": batch_size,
         "max_batch_tokens": model.config.max_batch_tokens,
         "train_layers": model.config.train_layers,
@@ -200,13 +221,26 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
         "export_samples_per_s": round(len(export_samples) / export_s, 3),
         "export_samples_per_cpu_s": round(len(export_samples) / export_cpu, 3),
         "memory_estimate_gib": estimate.total_gib,
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "peak_rss_gib": round(  # per process: the largest
+            _across_ranks(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "max") / 2**20, 2),
         "peak_gpu_gib": (
             round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if torch.cuda.is_available() else None
         ),
         **quality,
     }
+
+
+def _across_ranks(value: float, how: str) -> float:
+    """``value`` summed or maxed over the processes of a torchrun child (itself in one)."""
+    import torch
+
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    op = torch.distributed.ReduceOp.SUM if how == "sum" else torch.distributed.ReduceOp.MAX
+    torch.distributed.all_reduce(t, op=op)
+    return t.item()
 
 
 def paired_prauc(old: list, new: list, resamples: int = 1000, seed: int = 0,
@@ -267,19 +301,32 @@ def main() -> None:
     ap.add_argument("--pair", nargs=2, type=Path, metavar=("A.json", "B.json"),
                     help="no training: pair the validation APs of two earlier outputs (e.g. two "
                     "seeds), config by config (B - A), to size the run-to-run noise")
+    ap.add_argument("--old-threads", type=int, default=1,
+                    help="torch threads of the old path (before issue 10: one per core)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the new configurations (default: theirs, 1)")
+    ap.add_argument("--procs", type=int, default=1,
+                    help="run every new configuration under torchrun with this many processes")
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pair:
         print(json.dumps(pair_runs(*args.pair), indent=2))
         return
     if args.only:
-        print(json.dumps(run_one(args, args.only)))
+        result = run_one(args, args.only)
+        from leader.distributed import is_main
+
+        if is_main():  # one line from a torchrun child
+            print(json.dumps(result))
         return
     results = {}
     names = args.configs.split(",")
     procs = {}
     for name in names:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--only", name]
+        if args.procs > 1 and name != "old":
+            cmd[1:1] = ["-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node", str(args.procs)]
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
         if not args.parallel:

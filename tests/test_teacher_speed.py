@@ -129,6 +129,26 @@ def test_bucketed_epoch_sees_every_sample_once_seeded_and_capped():
     assert len(seen) == len(set(seen.tolist()))
 
 
+def test_ranks_of_one_step_get_batches_of_similar_length():
+    """DDP ranks finish a step together: pairing a short batch with a long one idles a rank."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(10, 1500, size=400)
+    n_batches = len(epoch_batches(400, 8, 5, 0, lengths=lengths, max_tokens=2048))
+    for world in (2, 3):
+        ranks = [epoch_batches(400, 8, 5, 0, r, world, lengths, 2048) for r in range(world)]
+        assert len({len(r) for r in ranks}) == 1
+        assert n_batches - world < world * len(ranks[0]) <= n_batches  # < world batches out
+        seen = np.concatenate([b for r in ranks for b in r])
+        assert len(seen) == len(set(seen.tolist()))
+        spread = [max(lengths[b].max() for b in step) / min(lengths[b].max() for b in step)
+                  for step in zip(*ranks, strict=True)]
+        assert np.median(spread) < 1.2  # random pairs of batches: ~2x apart
+    def order(epoch):
+        return [b.tolist() for b in epoch_batches(400, 8, 5, epoch, 0, 2, lengths, 2048)]
+
+    assert order(0) == order(0) and order(0) != order(1)  # seeded, a new order every epoch
+
+
 def test_cut_batches_splits_a_long_bucket_and_keeps_an_overlong_row():
     lengths = [100, 100, 100, 100, 900]
     batches = cut_batches([0, 1, 2, 3, 4], lengths, 8, max_tokens=250)
@@ -292,6 +312,51 @@ def test_fast_paths_give_the_same_model_and_scores(small):
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)
 
 
+def test_right_padded_mask():
+    assert fast_paths.right_padded(torch.tensor([[1, 1, 0], [1, 1, 1]]))
+    assert not fast_paths.right_padded(torch.tensor([[0, 1, 1], [1, 1, 1]]))  # left padding
+    assert not fast_paths.right_padded(torch.tensor([[1, 0, 1]]))
+
+
+@pytest.mark.parametrize("train_layers", [None, 1])
+def test_right_padded_batches_need_no_padding_mask(small, train_layers):
+    """Causal attention alone gives a right-padded batch's real tokens the outputs and gradients
+    of the masked path (a real token never sees a later pad), through the whole backbone and
+    through the blocks above a layer-cache split."""
+    model = Teacher(small.schema, {**FAST, "dtype": "fp32", "train_layers": train_layers})
+    model.build()
+    module, task = model.module, model.task()
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at 0: make the adapters count
+        for p in module.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    samples = sorted(small.samples("train"), key=lambda s: len(task.prompt(s).input_ids))
+    batch = task.collate([samples[0], samples[len(samples) // 2], samples[-1]])
+    assert batch.attention_mask.float().mean() < 0.9  # padded, on the right
+    assert module.causal_only
+    assert module.mask_and_positions(batch.attention_mask)[0] is None
+    assert module.mask_and_positions(batch.attention_mask.flip(1))[0] is not None
+    outputs, grads = [], []
+    for causal_only in (True, False):
+        module.causal_only = causal_only
+        module.eval()
+        with torch.no_grad():
+            outputs.append(module(batch.input_ids, batch.attention_mask))
+        module.train()
+        torch.manual_seed(1)  # the same dropout masks
+        loss, _ = task.loss(module, batch)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters()
+                      if p.grad is not None})
+        module.zero_grad(set_to_none=True)
+    for a, b in zip(outputs[0], outputs[1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
 def test_bf16_fast_paths_autocast_lora_and_fp32_attention(small):
     """A bf16 backbone: LoRA runs under autocast (weights and gradients fp32), attention in
     fp32 on CPU, and the scores stay near the plain bf16 path (padding: test_teacher.py)."""
@@ -304,8 +369,9 @@ def test_bf16_fast_paths_autocast_lora_and_fp32_attention(small):
         rows[fast] = model.predict_proba(small.samples("val")[:8])
     assert module.autocast == torch.bfloat16
     assert module.decoder.config._attn_implementation == fast_paths.FP32_ATTENTION
-    assert fast_paths.describe(module.decoder, module.autocast) == [
-        "cheap LoRA dropout masks", "LoRA products in bfloat16 (autocast)", "attention in fp32"]
+    assert fast_paths.describe(module.decoder, module.autocast, module.causal_only) == [
+        "cheap LoRA dropout masks", "LoRA products in bfloat16 (autocast)", "attention in fp32",
+        "no padding mask for right-padded batches"]
     np.testing.assert_allclose(rows[False], rows[True], atol=0.03)
     task = model.task()
     module.train()

@@ -196,7 +196,10 @@ def epoch_batches(
     bucketing): a seeded permutation is cut into groups of ``BUCKET_GROUP`` batches, each group
     is sorted by length and cut (capped by ``max_tokens``), and the batches are shuffled, so the
     data order stays random while a batch holds prompts of similar length. Every sample is in
-    exactly one batch; ranks take every world-th batch (the same number each)."""
+    exactly one batch. Several ranks: the batches go in runs of ``world`` neighbours in length
+    order, the runs are shuffled and rank r takes the r-th of each, so that the batches of one
+    step (which the ranks finish together) are of similar length; a random ``len % world``
+    batches sit the epoch out so that every rank has the same number of steps."""
     if lengths is None:
         order = epoch_order(n, seed, epoch, rank, world)
         return cut_batches(order, None, batch_size)
@@ -209,9 +212,13 @@ def epoch_batches(
         chunk = perm[start : start + group]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(cut_batches(chunk, lengths, batch_size, max_tokens))
-    batches = [batches[i] for i in rng.permutation(len(batches))]
-    usable = len(batches) - len(batches) % world if len(batches) >= world else len(batches)
-    return batches[:usable][rank::world]
+    if len(batches) > world and len(batches) % world:  # the same number of steps on every rank
+        dropped = set(rng.choice(len(batches), len(batches) % world, replace=False).tolist())
+        batches = [b for i, b in enumerate(batches) if i not in dropped]
+    # the ranks of one step take neighbours in length order, so none waits long for the others
+    steps = [batches[i : i + world] for i in range(0, len(batches), world)]
+    steps = [steps[i] for i in rng.permutation(len(steps))]
+    return [step[rank] for step in steps if rank < len(step)]
 
 
 def task_lengths(task: Any, samples: Sequence[Sample]) -> list[int] | None:

@@ -1,4 +1,4 @@
-"""Cheaper ways to run the teacher's step on a bf16 backbone, with the same model and maths.
+"""Cheaper ways to run the teacher's step (mostly on a bf16 backbone), same model and maths.
 
 A profile of one all-layer training step of ``smollm2`` on a CPU with bf16 matrix units
 (docs/teacher.md, Fast paths) found the backbone's own matrix multiplies at ~200 GFLOP/s, and
@@ -10,7 +10,9 @@ backward that runs at half the speed of the fp32 one on CPU. Each helper removes
   precision: LoRA's weights, gradients and optimiser state stay fp32);
 - :class:`Dropout`: the same Bernoulli keep-mask, drawn from 64 random bits per 4 elements
   (the drop rate rounded to 1/65,536), in the autocast precision;
-- :func:`use_fp32_attention`: on CPU, attention's inputs go to fp32 for the kernel and back.
+- :func:`use_fp32_attention`: on CPU, attention's inputs go to fp32 for the kernel and back;
+- :func:`right_padded`: a batch padded on the right needs no padding mask, only causal attention
+  (the teacher then passes none), which has faster kernels than a masked one.
 """
 
 from __future__ import annotations
@@ -101,7 +103,14 @@ def use_fp32_attention(decoder: nn.Module) -> None:
     decoder.config._attn_implementation = FP32_ATTENTION
 
 
-def describe(backbone: nn.Module, autocast_dtype: torch.dtype | None) -> list[str]:
+def right_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether every row of a [B, T] 0/1 mask is its real tokens followed by its padding."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+
+
+def describe(
+    backbone: nn.Module, autocast_dtype: torch.dtype | None, causal_only: bool = False
+) -> list[str]:
     """The fast paths in use, in words (for the console and the manifest)."""
     used = []
     if any(isinstance(m, Dropout) for m in backbone.modules()):
@@ -111,4 +120,6 @@ def describe(backbone: nn.Module, autocast_dtype: torch.dtype | None) -> list[st
     config = getattr(backbone, "config", None)
     if getattr(config, "_attn_implementation", None) == FP32_ATTENTION:
         used.append("attention in fp32")
+    if causal_only:
+        used.append("no padding mask for right-padded batches")
     return used

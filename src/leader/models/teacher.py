@@ -86,9 +86,10 @@ class TeacherConfig(Config):
         "auto", "Recompute activations in the backward pass (less memory, ~30% more compute); "
         "auto: on when the estimated peak exceeds half the RAM / 90% of the GPU.",
         choices=("auto", "on", "off"))
-    fast_paths: bool = option(True, "Cheaper LoRA dropout masks; on a bf16 backbone also LoRA's "
-                              "products in bf16 (torch.autocast; its weights stay fp32) and, on "
-                              "CPU, attention in fp32 (models/fast_paths.py).")
+    fast_paths: bool = option(True, "Cheaper LoRA dropout masks; right-padded batches without a "
+                              "padding mask (causal attention alone); on a bf16 backbone also "
+                              "LoRA's products in bf16 (torch.autocast; its weights stay fp32) "
+                              "and, on CPU, attention in fp32 (models/fast_paths.py).")
     train_layers: int | None = option(None, "LoRA on the top K blocks only; the frozen lower "
                                       "blocks' output is cached (a departure from the paper, "
                                       "for small machines). Default: all blocks.", ge=1)
@@ -143,6 +144,7 @@ class TeacherModule(nn.Module):
         split: int | None = None,
         pooling: str = "last",
         autocast: torch.dtype | None = None,
+        causal_only: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -150,6 +152,7 @@ class TeacherModule(nn.Module):
         self.split = split
         self.pooling = pooling
         self.autocast = autocast  # the backbone's blocks run under torch.autocast(this dtype)
+        self.causal_only = causal_only  # see attention_mask()
 
     @property
     def decoder(self) -> nn.Module:
@@ -168,10 +171,11 @@ class TeacherModule(nn.Module):
             lower = self.lower(input_ids, attention_mask)
         with fast_paths.autocast(input_ids.device, self.autocast):
             if self.split is None:
+                mask, positions = self.mask_and_positions(attention_mask)
                 hidden = self.backbone(
                     input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids(attention_mask),
+                    attention_mask=mask,
+                    position_ids=positions,
                     use_cache=False,
                 ).last_hidden_state
             else:
@@ -186,16 +190,28 @@ class TeacherModule(nn.Module):
             embeds = self.decoder.embed_tokens(input_ids)
             return self._blocks(embeds, attention_mask, 0, self.split)
 
+    def mask_and_positions(
+        self, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The padding mask and position ids the blocks take. With ``causal_only`` and every row
+        right-padded: no mask (causal attention alone) and positions 0..T-1 on every row (so
+        that transformers sees one sequence per row, not pads to mask); a real token never
+        sees a later pad token, so the real tokens' outputs are those of the masked path."""
+        if self.causal_only and fast_paths.right_padded(attention_mask):
+            rows, width = attention_mask.shape
+            return None, torch.arange(width, device=attention_mask.device).expand(rows, width)
+        return attention_mask, position_ids(attention_mask)
+
     def _blocks(self, hidden, attention_mask, start: int, stop: int | None) -> torch.Tensor:
         """Decoder blocks ``start:stop`` as the decoder's own forward runs them."""
         from transformers.masking_utils import create_causal_mask
 
         decoder = self.decoder
-        positions = position_ids(attention_mask)
+        mask, positions = self.mask_and_positions(attention_mask)
         mask = create_causal_mask(
             config=decoder.config,
             inputs_embeds=hidden,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             past_key_values=None,
             position_ids=positions,
         )
@@ -278,7 +294,8 @@ def build_module(
             autocast = torch.bfloat16
             if (device or torch.device("cpu")).type == "cpu":
                 fast_paths.use_fp32_attention(llm.model.base_model)
-    return TeacherModule(backbone, llm.hidden_size, n_drugs, split, config.pooling, autocast)
+    return TeacherModule(backbone, llm.hidden_size, n_drugs, split, config.pooling, autocast,
+                         causal_only=config.fast_paths)
 
 
 # --- the training task -------------------------------------------------------------------------
@@ -551,7 +568,8 @@ class Teacher(MedModel):
         t0 = time.perf_counter()
         for s in (*train_samples, *val_samples):
             task.prompt(s)
-        fast = fast_paths.describe(self.module.decoder, self.module.autocast)
+        fast = fast_paths.describe(self.module.decoder, self.module.autocast,
+                                   self.module.causal_only)
         say(f"backbone {self.config.llm} in {self.dtype}"
             f"{', ' + self.config.quantize if self.config.quantize else ''}; "
             f"{torch.get_num_threads()} torch thread(s)"
