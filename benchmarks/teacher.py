@@ -23,6 +23,9 @@ prompt is shortened here). Configurations:
 - ``new-ckpt``, ``new-fp16``, ``new-4bit``, ``new-8bit``: gradient checkpointing, an fp16
   backbone with loss scaling, QLoRA 4/8-bit (GPU only; used by ``benchmarks/gpu.sh``).
 
+``--select longest`` trains on the split's N longest prompts instead of its first N (the
+synthetic prompts are shorter than real MIMIC-IV ones).
+
 Training: all training samples once through the loop (one epoch of the subset; ``--epochs``
 more); the first optimiser step is a warm-up and is not counted.
 
@@ -116,7 +119,6 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
 
     _, procs = ensure_process_group()
     data = Dataset.load(args.data)
-    train_samples = data.samples("train")[: args.train_samples]
     export_samples = data.samples()[: args.export_samples]
     batch_size = args.old_batch_size if name == "old" else args.batch_size
     config = {"llm": args.llm, **CONFIGS[name],
@@ -128,6 +130,10 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     model.build()
     load_s = time.perf_counter() - t0
     task = model.task()
+    train_samples = data.samples("train")
+    if args.select == "longest":  # real MIMIC-IV prompts are longer than the synthetic ones
+        train_samples = sorted(train_samples, key=lambda s: -len(task.prompt(s).input_ids))
+    train_samples = train_samples[: args.train_samples]
     for s in (*train_samples, *export_samples):
         task.prompt(s)
     estimate = model.memory_estimate(train_samples)
@@ -307,6 +313,8 @@ def main() -> None:
                     help="torch threads of the new configurations (default: theirs, 1)")
     ap.add_argument("--procs", type=int, default=1,
                     help="run every new configuration under torchrun with this many processes")
+    ap.add_argument("--select", choices=("first", "longest"), default="first",
+                    help="which training prompts: the first N of the split or its N longest")
     ap.add_argument("--only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.pair:
