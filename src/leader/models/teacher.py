@@ -152,7 +152,7 @@ class TeacherModule(nn.Module):
         self.split = split
         self.pooling = pooling
         self.autocast = autocast  # the backbone's blocks run under torch.autocast(this dtype)
-        self.causal_only = causal_only  # see attention_mask()
+        self.causal_only = causal_only  # see mask_and_positions()
 
     @property
     def decoder(self) -> nn.Module:
