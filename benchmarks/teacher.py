@@ -195,7 +195,7 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
                 b = loop_task.collate(export_samples[i : i + 16])
                 model.module(b.input_ids, b.attention_mask)
     else:  # shared between the processes of a torchrun child, as train-teacher does
-        from leader.pipelines import encode_shared
+        from leader.distributed import encode_shared
 
         encode_shared(model, export_samples)
     export_s, export_cpu = time.perf_counter() - t2, cpu_seconds() - c2

@@ -10,6 +10,7 @@ function is a no-op, so callers need no branch.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 
@@ -58,3 +59,11 @@ def gather_rows(local: torch.Tensor, n: int) -> torch.Tensor:
         count = len(range(r, n, size))
         out[r::size] = part[:count].cpu()
     return out
+
+
+def encode_shared(model: Any, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model.encode(samples)`` with the samples shared between the launcher's processes
+    (each encodes every world-th one; all get the whole result)."""
+    rank, size = world()
+    hidden, logits = model.encode(samples[rank::size])
+    return gather_rows(hidden, len(samples)), gather_rows(logits, len(samples))

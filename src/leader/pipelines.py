@@ -31,7 +31,7 @@ from leader.bundle import load, save_bundle
 from leader.configs import Config, ConfigError
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
-from leader.distributed import barrier, ensure_process_group, gather_rows, is_main, world
+from leader.distributed import barrier, encode_shared, ensure_process_group, is_main
 from leader.errors import LeaderError
 from leader.evaluation import calibrate_on, check_threshold, decide_threshold, split_metrics
 from leader.features import DEFAULT_SHARD_SIZE, FeatureTable, TeacherFeatures, teacher_hash
@@ -254,14 +254,6 @@ def fit_model(
     timings = {"fit": t1 - t0, "score": t2 - t1, "save": time.perf_counter() - t2}
     return FitResult(model, out, run_dir, metrics, rule, model.fit_summary, timings,
                      {**notes, "teacher_metrics": _teacher_metrics(teacher)})
-
-
-def encode_shared(model: Any, samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model.encode(samples)`` with the samples shared between the launcher's processes
-    (each encodes every world-th one; all get the whole result)."""
-    rank, size = world()
-    hidden, logits = model.encode(samples[rank::size])
-    return gather_rows(hidden, len(samples)), gather_rows(logits, len(samples))
 
 
 def _wants_teacher(model: MedModel, data: Dataset) -> bool:
