@@ -117,7 +117,7 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     from leader.models.teacher import Teacher
     from leader.train import FitContext, train
 
-    _, procs = ensure_process_group()
+    _, processes = ensure_process_group()
     data = Dataset.load(args.data)
     export_samples = data.samples()[: args.export_samples]
     batch_size = args.old_batch_size if name == "old" else args.batch_size
@@ -168,7 +168,7 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     cpu_s = cpu[-1] - cpu[0]
     padded = sizes[-1][0] - sizes[0][0]
     real = sizes[-1][1] - sizes[0][1]
-    if procs > 1:  # the machine's throughput: every process's tokens over the slowest's time
+    if processes > 1:  # the machine's throughput: every process's tokens over the slowest's time
         seconds, total_s, cache_s = (_across_ranks(v, "max") for v in (seconds, total_s, cache_s))
         cpu_s, total_cpu, cache_cpu, padded, real = (
             _across_ranks(v, "sum") for v in (cpu_s, total_cpu, cache_cpu, padded, real))
@@ -199,14 +199,14 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
 
         encode_shared(model, export_samples)
     export_s, export_cpu = time.perf_counter() - t2, cpu_seconds() - c2
-    if procs > 1:  # encode() shares the export between the processes
+    if processes > 1:  # encode_shared() split the export between the processes
         export_s, export_cpu = _across_ranks(export_s, "max"), _across_ranks(export_cpu, "sum")
     lengths = [len(task.prompt(s).input_ids) for s in train_samples]
     return {
         "config": name,
         "dtype": model.dtype,
         "threads": torch.get_num_threads(),
-        "processes": procs,
+        "processes": processes,
         "batch_size": batch_size,
         "max_batch_tokens": model.config.max_batch_tokens,
         "train_layers": model.config.train_layers,
@@ -241,7 +241,9 @@ def _across_ranks(value: float, how: str) -> float:
     """``value`` summed or maxed over the processes of a torchrun child (itself in one)."""
     import torch
 
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    from leader.distributed import world
+
+    if world()[1] == 1:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
     op = torch.distributed.ReduceOp.SUM if how == "sum" else torch.distributed.ReduceOp.MAX

@@ -207,11 +207,11 @@ class TeacherModule(nn.Module):
         from transformers.masking_utils import create_causal_mask
 
         decoder = self.decoder
-        mask, positions = self.mask_and_positions(attention_mask)
+        padding, positions = self.mask_and_positions(attention_mask)
         mask = create_causal_mask(
             config=decoder.config,
             inputs_embeds=hidden,
-            attention_mask=mask,
+            attention_mask=padding,
             past_key_values=None,
             position_ids=positions,
         )
