@@ -11,10 +11,17 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 _CONTEXT = None
+# Process.start() polls every live child of this process (multiprocessing.process._cleanup).
+# With a forkserver, a poll reads the child's exit code from a pipe; two threads reading one
+# pipe at once leave one of them at end-of-file, which multiprocessing reports as exit code
+# 255 (it failed CI once). So a child is started under this lock and then taken out of
+# multiprocessing's list of children: only the thread that started it ever polls it.
+_START = threading.Lock()
 # imported once by the forkserver, so a child pays only for its own work
 PRELOAD = [
     "torch", "polars", "transformers", "peft", "sklearn.linear_model", "scipy.sparse",
@@ -63,7 +70,9 @@ def run(args: list[str], log: Path, kill_after: float | None = None, limit: floa
     """
     start = time.perf_counter()
     proc = context().Process(target=_child, args=(args, str(log)))
-    proc.start()
+    with _START:
+        proc.start()
+        multiprocessing.process._children.discard(proc)
     proc.join(kill_after if kill_after is not None else limit)
     if proc.is_alive():
         proc.kill()
