@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,39 @@ def test_changed_options_refuse_to_resume(tiny_data, tmp_path):
     train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4), ctx(tmp_path))
     with pytest.raises(LeaderError, match="other training options"):
         train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4, lr=0.01), ctx(tmp_path))
+
+
+def _edit_state(run, **changes) -> dict:
+    path = run / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            state.pop(key)
+        else:
+            state[key] = value
+    path.write_text(json.dumps(state))
+    return state
+
+
+def test_a_resume_inside_an_epoch_needs_as_many_processes(tiny_data, tmp_path):
+    """Each rank's batches of an epoch depend on the process count: a run stopped inside an
+    epoch by 2 processes cannot go on in 1 (it would repeat and skip samples)."""
+    from leader.errors import LeaderError
+
+    _, run, resume = interrupted(tiny_data, tmp_path)
+    assert _edit_state(run)["world"] == 1 and _edit_state(run)["batch"] > 0
+    _edit_state(run, world=2)
+    with pytest.raises(LeaderError, match=r"run of 2 process\(es\), resumed with 1"):
+        resume(LinearTask(tiny_data))
+    # a checkpoint from before the count was recorded: one RNG file per process
+    _edit_state(run, world=None)
+    shutil.copy(run / "checkpoint" / "rng-0.safetensors", run / "checkpoint" / "rng-1.safetensors")
+    with pytest.raises(LeaderError, match="resume with 2"):
+        resume(LinearTask(tiny_data))
+    # between epochs any count goes on: the next epoch is dealt afresh
+    _edit_state(run, batch=0)
+    assert resume(LinearTask(tiny_data)).steps == 23
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["world"] == 1
 
 
 def test_epoch_order_shards_disjoint():

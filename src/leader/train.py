@@ -330,6 +330,8 @@ def load_checkpoint(run_dir: Path, module, opt, rank: int) -> LoopState | None:
         return None
     ckpt = found[0]
     state = LoopState(**json.loads((ckpt / "state.json").read_text()))
+    if state.world is None:  # written before LoopState recorded it: one RNG file per process
+        state.world = max(1, len(list(ckpt.glob("rng-*.safetensors"))))
     load_trainable_state(module, load_file(str(ckpt / "model.safetensors")))
     meta = json.loads((ckpt / "optimizer.json").read_text())
     _optimizer_from_tensors(opt, load_file(str(ckpt / "optimizer.safetensors")), meta)
@@ -357,6 +359,9 @@ class LoopState:
     done: bool = False
     loss_scale: dict = field(default_factory=dict)  # GradScaler state (fp16 tasks), resumed
     history: list[dict] = field(default_factory=list)
+    # processes that trained it: each rank's share of an epoch depends on it, so a resume
+    # inside an epoch needs as many (None: a checkpoint from before it was recorded)
+    world: int | None = None
 
 
 @dataclass
@@ -372,6 +377,7 @@ class Run:
     run_dir: Path | None
     rank: int
     is_main: bool
+    world: int
     on_eval: Callable[[int, float], None] | None = None
     scaler: torch.amp.GradScaler = field(
         default_factory=lambda: torch.amp.GradScaler(enabled=False))
@@ -380,7 +386,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir) if self.run_dir is not None else None
-        self.state = LoopState(config=self.config.identity())
+        self.state = LoopState(config=self.config.identity(), world=self.world)
         self.best = trainable_state(self.module)
 
     @property
@@ -399,6 +405,14 @@ class Run:
                     f"{self.run_dir / CHECKPOINT}: checkpoint was made with other training "
                     "options; use the same options to resume, or --force to start again"
                 )
+            if resumed.world != self.world and resumed.batch and not resumed.done:
+                raise LeaderError(
+                    f"{self.run_dir / CHECKPOINT}: stopped inside an epoch of a run of "
+                    f"{resumed.world} process(es), resumed with {self.world}: the epoch's "
+                    f"batches are dealt per process, so resume with {resumed.world} (e.g. "
+                    f"torchrun --nproc_per_node {resumed.world}), or --force to start again"
+                )
+            resumed.world = self.world  # from the next epoch on, the batches of this many
             self.state = resumed
             if resumed.loss_scale and self.scaler.is_enabled():
                 self.scaler.load_state_dict(resumed.loss_scale)
@@ -476,7 +490,7 @@ def train(
                                   enabled=bool(getattr(task, "loss_scaling", False)))
 
     # resume: the checkpoint's loop state, weights, optimiser, loss scale and RNG
-    run = Run(task, module, opt, config, val_samples, context.run_dir, rank, is_main,
+    run = Run(task, module, opt, config, val_samples, context.run_dir, rank, is_main, world,
               context.on_eval, scaler)
     run.resume()
     state = run.state
