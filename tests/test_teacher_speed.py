@@ -149,6 +149,16 @@ def test_ranks_of_one_step_get_batches_of_similar_length():
     assert order(0) == order(0) and order(0) != order(1)  # seeded, a new order every epoch
 
 
+def test_fewer_batches_than_processes_is_a_clear_error():
+    """A rank without a batch would leave the others waiting forever at the first step."""
+    from leader.errors import LeaderError
+
+    for lengths in (None, [50, 60, 70]):
+        with pytest.raises(LeaderError, match="3 sample.* fewer than the 4 processes"):
+            epoch_batches(3, 8, 0, 0, 0, 4, lengths, 2048)
+    assert len(epoch_batches(3, 1, 0, 0, 0, 3, [50, 60, 70], 2048)) == 1
+
+
 def test_cut_batches_splits_a_long_bucket_and_keeps_an_overlong_row():
     lengths = [100, 100, 100, 100, 900]
     batches = cut_batches([0, 1, 2, 3, 4], lengths, 8, max_tokens=250)

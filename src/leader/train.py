@@ -201,6 +201,7 @@ def epoch_batches(
     step (which the ranks finish together) are of similar length; a random ``len % world``
     batches sit the epoch out so that every rank has the same number of steps."""
     if lengths is None:
+        _enough_for(world, n, n)
         order = epoch_order(n, seed, epoch, rank, world)
         return cut_batches(order, None, batch_size)
     rng = np.random.default_rng([seed, epoch])
@@ -212,13 +213,23 @@ def epoch_batches(
         chunk = perm[start : start + group]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(cut_batches(chunk, lengths, batch_size, max_tokens))
-    if len(batches) > world and len(batches) % world:  # the same number of steps on every rank
+    _enough_for(world, len(batches), n)
+    if len(batches) % world:  # the same number of steps on every rank
         dropped = set(rng.choice(len(batches), len(batches) % world, replace=False).tolist())
         batches = [b for i, b in enumerate(batches) if i not in dropped]
     # the ranks of one step take neighbours in length order, so none waits long for the others
     steps = [batches[i : i + world] for i in range(0, len(batches), world)]
     steps = [steps[i] for i in rng.permutation(len(steps))]
     return [step[rank] for step in steps if rank < len(step)]
+
+
+def _enough_for(world: int, batches: int, n: int) -> None:
+    """Every rank needs a batch at every step (DDP waits for all of them)."""
+    if world > 1 and batches < world:
+        raise LeaderError(
+            f"training split: {n} sample(s) make {batches} batch(es) per epoch, fewer than the "
+            f"{world} processes (each needs one per step); run fewer processes"
+        )
 
 
 def task_lengths(task: Any, samples: Sequence[Sample]) -> list[int] | None:
