@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import dead_pid
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from leader.data.dataset import Dataset
 from leader.data.samples import Sample, Visit
@@ -147,6 +149,36 @@ def test_ranks_of_one_step_get_batches_of_similar_length():
         return [b.tolist() for b in epoch_batches(400, 8, 5, epoch, 0, 2, lengths, 2048)]
 
     assert order(0) == order(0) and order(0) != order(1)  # seeded, a new order every epoch
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 3000), min_size=1, max_size=300),
+    batch_size=st.integers(1, 16),
+    max_tokens=st.one_of(st.none(), st.integers(1, 4096)),
+    world=st.integers(1, 4),
+    bucketed=st.booleans(),
+    seed=st.integers(0, 5),
+)
+def test_every_rank_gets_the_same_number_of_steps_and_no_sample_twice(
+    lengths, batch_size, max_tokens, world, bucketed, seed
+):
+    """Whatever the split, the ranks of a run step together over disjoint samples, fewer than
+    ``world`` batches (or, unbucketed, samples) sit the epoch out, or the split is refused."""
+    n = len(lengths)
+    lens = lengths if bucketed else None
+    alone = epoch_batches(n, batch_size, seed, 0, lengths=lens, max_tokens=max_tokens)
+    try:
+        ranks = [epoch_batches(n, batch_size, seed, 0, r, world, lens, max_tokens)
+                 for r in range(world)]
+    except LeaderError:  # only a split too small for the processes
+        assert (len(alone) if bucketed else n) < world
+        return
+    assert len({len(r) for r in ranks}) == 1
+    seen = [int(i) for r in ranks for b in r for i in b]
+    assert len(seen) == len(set(seen)) and all(len(b) for r in ranks for b in r)
+    left_out = len(alone) - sum(len(r) for r in ranks) if bucketed else n - len(seen)
+    assert 0 <= left_out < world
 
 
 def test_fewer_batches_than_processes_is_a_clear_error():
