@@ -192,3 +192,17 @@ def remove_dead_temps(directory: Path, name: str | None = None) -> list[Path]:
 def temp_name(path: Path) -> Path:
     """Where to write ``path`` before renaming it into place (see :func:`remove_dead_temps`)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically, through :func:`temp_name`.
+
+    Not ``safetensors.torch.save_file``: it writes through a ``.tmpXXXXXX`` file of its own
+    beside the target, which a killed process leaves behind under a name that carries no
+    writer, so nothing could tell it from a live write and clear it."""
+    from safetensors.torch import save  # deferred on purpose: it imports torch
+
+    path = Path(path)
+    tmp = temp_name(path)
+    tmp.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    os.replace(tmp, path)

@@ -26,9 +26,16 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from leader.artifacts import MANIFEST, read_json, remove_dead_temps, temp_name, write_json
+from leader.artifacts import (
+    MANIFEST,
+    read_json,
+    remove_dead_temps,
+    save_tensors,
+    temp_name,
+    write_json,
+)
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
 from leader.errors import LeaderError
@@ -136,10 +143,7 @@ def export_features(
                     on_progress(len(chunk))
             else:  # one call per shard: the teacher sorts the shard into similar-length batches
                 hidden, logits = teacher.encode(chunk, on_progress)
-            tmp = temp_name(path)
-            tensors = {"hidden": hidden, "logits": logits}
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-            os.replace(tmp, path)
+            save_tensors({"hidden": hidden, "logits": logits}, path, metadata=meta)
             done += len(chunk)
         index["splits"][split] = {"shards": shards, "n": len(samples)}
     tmp_index = temp_name(out / INDEX)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from leader.artifacts import remove_dead_temps
 from leader.configs import ConfigError
 from leader.errors import LeaderError
 
@@ -254,7 +255,8 @@ def smollm2_dir() -> Path:
 
     gguf = smollm2_gguf()
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_dead_temps(final.parent, final.name)  # ~0.5 GB that a killed conversion left
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         loaded = AutoModelForCausalLM.from_pretrained(

@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from leader.artifacts import temp_name
+from leader.artifacts import save_tensors
 from leader.configs import Config, option
 from leader.data.samples import Sample
 from leader.distributed import barrier
@@ -311,12 +311,12 @@ def save_checkpoint(
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(trainable_state(module), str(tmp / "model.safetensors"))
+        save_tensors(trainable_state(module), tmp / "model.safetensors")
         tensors, meta = _optimizer_tensors(opt)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        save_tensors(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
     barrier()
-    save_file({"torch": torch.get_rng_state()}, str(tmp / f"rng-{rank}.safetensors"))
+    save_tensors({"torch": torch.get_rng_state()}, tmp / f"rng-{rank}.safetensors")
     barrier()
     if is_main:
         # written last (and whole, by a rename): marks the checkpoint complete
@@ -454,9 +454,7 @@ class Run:
             state.best_step, state.bad_evals = state.step, 0
             self.best = trainable_state(self.module)
             if self.saving:  # atomically: a kill mid-write must not spoil the resume
-                tmp = temp_name(self.run_dir / BEST)
-                save_file(self.best, str(tmp))
-                os.replace(tmp, self.run_dir / BEST)
+                save_tensors(self.best, self.run_dir / BEST)
         else:
             state.bad_evals += 1
         state.last_eval_step = state.step

@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from leader.artifacts import read_json, write_json
+from leader.artifacts import read_json, save_tensors, write_json
 from leader.configs import Config
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import Sample, multi_hot
@@ -141,7 +141,7 @@ class MedModel(ABC):
     def save(self, directory: Path) -> None:
         write_json(directory / MODEL_CONFIG, {"name": self.name, "config": self.config.to_dict()})
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS))
+        save_tensors(tensors, directory / WEIGHTS)
         if self.train_log is not None and self.train_log.is_file():
             shutil.copyfile(self.train_log, directory / TRAIN_LOG)
 

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from leader.artifacts import remove_dead_temps, temp_name
+from leader.artifacts import remove_dead_temps, save_tensors, temp_name
 from leader.distributed import barrier, world
 from leader.errors import LeaderError
 
@@ -121,9 +120,7 @@ class LayerCache:
                 self.memory.update(zip(chunk_ids, hidden, strict=True))
                 continue
             tensors = {sid: h.contiguous().cpu() for sid, h in zip(chunk_ids, hidden, strict=True)}
-            tmp = temp_name(path)
-            save_file(tensors, str(tmp), metadata={"key": self.key, "prompts": digest})
-            os.replace(tmp, path)
+            save_tensors(tensors, path, metadata={"key": self.key, "prompts": digest})
             self.where.update(dict.fromkeys(chunk_ids, path))
         if size > 1:  # the other ranks' shards, once all are written
             barrier()

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from leader.artifacts import read_json, write_json
+from leader.artifacts import read_json, save_tensors, write_json
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import Sample, sample_id
 from leader.data.synth import SYNTH_MANIFEST, read_ground_truth
@@ -76,8 +76,7 @@ class Oracle(MedModel):
 
     def save(self, directory: Path) -> None:
         write_json(directory / MODEL_CONFIG, {"name": self.name, "config": self.config.to_dict()})
-        save_file({"prob": self.prob.contiguous(), "fallback": self.fallback.contiguous()},
-                  str(directory / WEIGHTS))
+        save_tensors({"prob": self.prob, "fallback": self.fallback}, directory / WEIGHTS)
         write_json(directory / INDEX, {"sample_ids": self.keys, "fingerprints": self.prints})
 
     @classmethod
