@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -27,32 +28,39 @@ def test_save_tensors_round_trips_with_metadata(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
 
 
-def test_a_write_killed_before_its_rename_leaves_a_temp_the_next_writer_clears(
-    tmp_path, monkeypatch
-):
-    """The half-written file carries its writer's process id, so once that process is gone
-    :func:`remove_dead_temps` (which every resumable writer calls first) removes it."""
-    pid = dead_pid()
-    monkeypatch.setattr(artifacts.os, "getpid", lambda: pid)
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def failed(*_args):
+        raise OSError("disk full")
 
-    def killed(*_args):
-        raise KeyboardInterrupt  # stands for the kill: the rename never happens
-
-    monkeypatch.setattr(artifacts.os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(artifacts.os, "replace", failed)
+    with pytest.raises(OSError):
         save_tensors({"x": torch.zeros(3)}, tmp_path / "shard-0.safetensors")
-    monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir()] == [f".shard-0.safetensors.tmp-{pid}"]
-    assert remove_dead_temps(tmp_path) and not any(tmp_path.iterdir())
+    assert not any(tmp_path.iterdir())
 
 
-def test_no_module_writes_through_safetensors_save_file():
+def test_what_a_killed_write_leaves_is_cleared_by_the_next_writer(tmp_path):
+    """A kill skips every clean-up: what is left is the writer's PID-named directory with
+    safetensors' own ``.tmpXXXXXX`` file in it, which :func:`remove_dead_temps` (called first
+    by every resumable writer) removes once that process is gone."""
+    left = tmp_path / f".shard-0.safetensors.tmp-{dead_pid()}"
+    left.mkdir()
+    (left / ".tmpAb12Cd").write_bytes(b"half a shard")
+    live = tmp_path / f".shard-1.safetensors.tmp-{os.getpid()}"  # a write still running
+    live.mkdir()
+    assert remove_dead_temps(tmp_path) == [left]
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def test_tensor_files_are_written_through_save_tensors():
     """safetensors' ``save_file`` writes through a ``.tmpXXXXXX`` file of its own, which a kill
-    leaves in the target's directory (found by the export-features fault test)."""
+    left in the target's directory (found by the export-features fault test): only
+    :func:`save_tensors` may call it, inside a directory that a later run can clear."""
     offenders = []
     modules = list(Path(leader.__file__).parent.rglob("*.py"))
     assert len(modules) > 50
     for path in modules:
+        if path.name == "artifacts.py":
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("safetensors"):
                 if any(a.name == "save_file" for a in node.names):

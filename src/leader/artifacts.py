@@ -195,14 +195,20 @@ def temp_name(path: Path) -> Path:
 
 
 def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file atomically, through :func:`temp_name`.
+    """Write a safetensors file atomically, inside a :func:`temp_name` directory, then rename.
 
-    Not ``safetensors.torch.save_file``: it writes through a ``.tmpXXXXXX`` file of its own
-    beside the target, which a killed process leaves behind under a name that carries no
-    writer, so nothing could tell it from a live write and clear it."""
-    from safetensors.torch import save  # deferred on purpose: it imports torch
+    ``safetensors.torch.save_file`` writes through a ``.tmpXXXXXX`` file of its own beside its
+    target; a killed process leaves that file behind under a name that carries no writer, so
+    nothing could tell it from a live write and clear it. Inside our PID-named directory it is
+    cleared with the directory by :func:`remove_dead_temps`."""
+    from safetensors.torch import save_file  # deferred on purpose: it imports torch
 
     path = Path(path)
     tmp = temp_name(path)
-    tmp.write_bytes(save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
-    os.replace(tmp, path)
+    tmp.mkdir(exist_ok=True)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / path.name),
+                  metadata=metadata)
+        os.replace(tmp / path.name, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
