@@ -201,7 +201,7 @@ def epoch_batches(
     step (which the ranks finish together) are of similar length; a random ``len % world``
     batches sit the epoch out so that every rank has the same number of steps."""
     if lengths is None:
-        _enough_for(world, n, n)
+        _enough_for(world, n)  # each rank takes every world-th sample
         order = epoch_order(n, seed, epoch, rank, world)
         return cut_batches(order, None, batch_size)
     rng = np.random.default_rng([seed, epoch])
@@ -213,7 +213,7 @@ def epoch_batches(
         chunk = perm[start : start + group]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(cut_batches(chunk, lengths, batch_size, max_tokens))
-    _enough_for(world, len(batches), n)
+    _enough_for(world, n, len(batches))
     if len(batches) % world:  # the same number of steps on every rank
         dropped = set(rng.choice(len(batches), len(batches) % world, replace=False).tolist())
         batches = [b for i, b in enumerate(batches) if i not in dropped]
@@ -223,12 +223,14 @@ def epoch_batches(
     return [step[rank] for step in steps if rank < len(step)]
 
 
-def _enough_for(world: int, batches: int, n: int) -> None:
-    """Every rank needs a batch at every step (DDP waits for all of them)."""
-    if world > 1 and batches < world:
+def _enough_for(world: int, n: int, batches: int | None = None) -> None:
+    """Every rank needs a batch at every step (DDP waits for all of them): at least ``world``
+    batches (length buckets) or, dealt sample by sample, ``world`` samples."""
+    count, made = (n, "") if batches is None else (batches, f" make {batches} batch(es) per epoch")
+    if world > 1 and count < world:
         raise LeaderError(
-            f"training split: {n} sample(s) make {batches} batch(es) per epoch, fewer than the "
-            f"{world} processes (each needs one per step); run fewer processes"
+            f"training split: {n} sample(s){made}, fewer than the {world} processes (each needs "
+            "a batch per step); run fewer processes"
         )
 
 
