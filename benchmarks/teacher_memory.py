@@ -3,12 +3,14 @@
 Usage::
 
     .venv/bin/python benchmarks/teacher_memory.py --data DATA_DIR [--llm smollm2] [--length 2048]
+        [--rows R] [--steps 3] [--config '{"dtype": "fp32"}']
 
 WHY: synthetic cohorts rarely reach the budget, but real MIMIC-IV prompts do (max ~2,200 tokens
 measured on a real cohort). This builds the worst batch the defaults allow: rows of exactly
 ``--length`` real tokens (a real prompt's ids repeated to that length), as many as
-``max_batch_tokens`` lets into one batch (default 2,048: 1 row), and runs one optimiser step
-(forward, backward, AdamW) and one no-grad export forward of the same batch. Prints the memory
+``max_batch_tokens`` lets into one batch (default 2,048: 1 row; ``--rows`` sets it), and runs
+``--steps`` optimiser steps (forward, backward, AdamW; later steps show what the allocator keeps)
+and one no-grad export forward of the same batch. Prints the memory
 estimate next to the measured peak RSS (and peak GPU memory on a GPU) as one JSON object.
 """
 
@@ -29,18 +31,21 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--llm", default="smollm2")
     ap.add_argument("--length", type=int, default=2048)
+    ap.add_argument("--rows", type=int, help="rows per batch (default: as many as the cap allows)")
+    ap.add_argument("--steps", type=int, default=1, help="training steps on the same batch")
     ap.add_argument("--gradient-checkpointing", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--config", default="{}",
+                    help='more teacher options as JSON, e.g. \'{"dtype": "fp32"}\'')
     args = ap.parse_args()
 
     import torch
 
     from leader.data.dataset import Dataset
-    from leader.memory import estimate_peak
     from leader.models.teacher import PromptBatch, Teacher
     from leader.train import cut_batches
 
     data = Dataset.load(args.data)
-    model = Teacher(data.schema, {"llm": args.llm,
+    model = Teacher(data.schema, {"llm": args.llm, **json.loads(args.config),
                                   "gradient_checkpointing": args.gradient_checkpointing})
     model.build()
     task = model.task()
@@ -48,16 +53,12 @@ def main() -> None:
     ids = list(task.prompt(sample).input_ids)
     row = (ids * (args.length // len(ids) + 1))[: args.length]
     cap = model.config.max_batch_tokens
-    batch_rows = len(cut_batches(range(8), [args.length] * 8, 8, cap)[0])  # what the cap allows
+    batch_rows = args.rows or len(cut_batches(range(8), [args.length] * 8, 8, cap)[0])
     input_ids, mask = task.pad([row] * batch_rows)
     target = torch.zeros(batch_rows, len(data.drugs))
     batch = PromptBatch(input_ids, mask, target)
     def estimate(checkpointing: bool):
-        return estimate_peak(
-            model.llm_config, sum(p.numel() for p in model.module.parameters()),
-            dtype=model.dtype, batch_tokens=batch_rows * args.length, max_length=args.length,
-            checkpointing=checkpointing,
-        )
+        return model.estimate_batch(batch_rows * args.length, args.length, checkpointing)
 
     mode = args.gradient_checkpointing
     checkpointing = mode == "on"
@@ -73,10 +74,12 @@ def main() -> None:
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     t0 = time.perf_counter()
-    loss, _ = task.loss(module, batch)
-    loss.backward()
-    opt.step()
-    train_s = time.perf_counter() - t0
+    for _ in range(args.steps):  # later steps show what the allocator keeps between steps
+        loss, _ = task.loss(module, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    train_s = (time.perf_counter() - t0) / args.steps
     train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     module.eval()
     t1 = time.perf_counter()
@@ -86,11 +89,13 @@ def main() -> None:
     print(json.dumps({
         "llm": args.llm,
         "dtype": model.dtype,
+        "config": json.loads(args.config),
         "rows": batch_rows,
         "length": args.length,
         "max_batch_tokens": cap,
         "gradient_checkpointing": checkpointing,
         "estimate": estimate.to_dict(),
+        "steps": args.steps,
         "train_step_s": round(train_s, 1),
         "export_batch_s": round(export_s, 1),
         "peak_rss_gib_after_train_step": round(train_peak, 2),

@@ -446,16 +446,18 @@ def test_quantize_refused_clearly_without_a_gpu():
 
 def test_memory_estimate_grows_with_tokens_and_shrinks_with_options(small):
     from leader.memory import estimate_peak
+    from leader.models.teacher import block_adapters
 
     model = Teacher(small.schema, FAST)
     model.build()
-    cfg, n = model.llm_config, 7_000_000_000
-    base = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048)
-    assert estimate_peak(cfg, n, dtype="bf16", batch_tokens=16384, max_length=2048).total_gib > (
-        base.total_gib)
+    cfg, n, lora = model.llm_config, 7_000_000_000, block_adapters(model.module)
+    base = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048, adapters=lora)
+    assert estimate_peak(cfg, n, dtype="bf16", batch_tokens=16384, max_length=2048,
+                         adapters=lora).total_gib > base.total_gib
     ckpt = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048,
-                         checkpointing=True)
-    q4 = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048, quantize="4bit")
+                         checkpointing=True, adapters=lora)
+    q4 = estimate_peak(cfg, n, dtype="bf16", batch_tokens=8192, max_length=2048, quantize="4bit",
+                       adapters=lora)
     assert ckpt.activations_gib < base.activations_gib and q4.weights_gib < base.weights_gib / 3
     assert "estimated peak memory" in base.line()
 

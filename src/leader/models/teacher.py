@@ -29,6 +29,7 @@ from leader.data.samples import Sample, TensorBatch, multi_hot
 from leader.distributed import is_main
 from leader.errors import LeaderError
 from leader.llm import (
+    DTYPES,
     LOSS_SCALED,
     choose_dtype,
     default_device,
@@ -36,7 +37,7 @@ from leader.llm import (
     resolve_llm,
     set_threads,
 )
-from leader.memory import estimate_peak, memory_budget_gib
+from leader.memory import Adapters, estimate_peak, memory_budget_gib
 from leader.models import fast_paths
 from leader.models.base import MedModel, register, start_from_frequencies
 from leader.models.layer_cache import LayerCache, backbone_key
@@ -298,6 +299,41 @@ def build_module(
                          causal_only=config.fast_paths)
 
 
+# projections that read one tensor: without dropout their adapters keep it once
+SHARED_INPUT = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention",
+                "gate_proj": "mlp", "up_proj": "mlp"}
+
+
+def block_adapters(module: TeacherModule) -> Adapters | None:
+    """The LoRA adapters of the top block, as the memory estimate counts them (None: the
+    blocks carry none and only the drug layer trains)."""
+    own: list[int] = []  # each adapter's input width
+    shared: dict[str, int] = {}  # each distinct input's width
+    count, rank, dropout, weight_dtype = 0, 0, False, torch.float32
+    for path, layer in module.decoder.layers[-1].named_modules():
+        weights = getattr(layer, "lora_A", None)
+        if not isinstance(weights, nn.ModuleDict):
+            continue
+        site = SHARED_INPUT.get(path.rsplit(".", 1)[-1], path)
+        for name, a in weights.items():
+            count += 1
+            rank, weight_dtype = a.out_features, a.weight.dtype
+            dropout |= float(getattr(layer.lora_dropout[name], "p", 0.0)) > 0
+            own.append(a.in_features)
+            shared[site] = a.in_features
+    if not count:
+        return None
+    backbone = next(module.decoder.parameters()).dtype
+    # dropout, or peft's cast to the adapters' precision, gives every adapter its own copy
+    own_copy = dropout or (module.autocast is None and weight_dtype != backbone)
+    return Adapters(
+        inputs=own if own_copy else list(shared.values()), count=count, rank=rank,
+        dropout=dropout,
+        dtype=next(n for n, d in DTYPES.items() if d == (module.autocast or weight_dtype)),
+        trainable=sum(p.numel() for p in module.parameters() if p.requires_grad),
+    )
+
+
 # --- the training task -------------------------------------------------------------------------
 
 
@@ -519,27 +555,51 @@ class Teacher(MedModel):
         self, samples: Sequence[Sample], checkpointing: bool | None = None
     ) -> Any:
         """Estimated training peak for the largest batch these samples make."""
-        task = self.task()
-        lengths = sorted(task.lengths(samples))
+        lengths = sorted(self.task().lengths(samples))
         longest = lengths[-1] if lengths else 0
         tokens = self.config.train.batch_size * longest
         if self.config.max_batch_tokens:
             tokens = min(tokens, max(self.config.max_batch_tokens, longest))
-        n_params = sum(p.numel() for p in self.module.parameters())
+        if checkpointing is None:
+            checkpointing = self.config.gradient_checkpointing == "on"
+        return self.estimate_batch(tokens, longest, checkpointing)
+
+    def estimate_batch(self, batch_tokens: int, longest: int, checkpointing: bool) -> Any:
+        """Estimated training peak for a batch of ``batch_tokens`` padded tokens whose rows
+        are ``longest`` tokens, as this module runs it."""
+        module = self.module
         return estimate_peak(
             self.llm_config,
-            n_params,
-            dtype=self.dtype,
-            batch_tokens=tokens,
-            max_length=longest,
+            sum(p.numel() for p in module.parameters()),
+            batch_tokens=batch_tokens,
             trained_layers=self.config.train_layers,
-            checkpointing=(
-                self.config.gradient_checkpointing == "on" if checkpointing is None
-                else checkpointing
-            ),
+            checkpointing=checkpointing,
             quantize=self.config.quantize,
-            flash_attention=next(self.module.parameters()).is_cuda,
+            device_type=next(module.parameters()).device.type,
+            **self.block_memory(longest),
         )
+
+    def block_memory(self, longest: int) -> dict[str, Any]:
+        """How a trained block of this module keeps tensors for the backward pass (the
+        arguments of :func:`leader.memory.block_bytes_per_token`): its precision, adapters,
+        and attention kernel for rows of ``longest`` tokens."""
+        module = self.module
+        implementation = getattr(module.decoder.config, "_attn_implementation", "sdpa") or "sdpa"
+        if implementation == "eager":
+            attention = "eager"
+        elif "flash" in implementation or (
+            module.causal_only and self.tokenizer.padding_side != "left"
+        ):  # flash kernels take no mask; right-padded batches are passed without one
+            attention = "memory-efficient"
+        else:
+            attention = "masked"
+        return {
+            "dtype": self.dtype,
+            "max_length": longest,
+            "adapters": block_adapters(module),
+            "attention": attention,
+            "attention_dtype": "fp32" if implementation == fast_paths.FP32_ATTENTION else None,
+        }
 
     def plan_memory(
         self, samples: Sequence[Sample], say: Callable[[str], None] = lambda _line: None

@@ -1,0 +1,124 @@
+"""The peak-memory estimate counts what autograd really keeps for the teacher's backward pass.
+
+WHY: the estimate decides ``--gradient-checkpointing auto`` and tells a user whether a backbone
+fits; its count per token of a trained block was read off autograd's saved tensors, so these
+tests hold it to them on the tiny random Llama, path by path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leader.data.dataset import Dataset
+from leader.memory import CPU_ALLOCATOR_SLACK, Adapters, block_bytes_per_token, estimate_peak
+from leader.models.teacher import PromptBatch, Teacher, block_adapters
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from conftest import make_tiny_dataset
+
+    return Dataset.load(make_tiny_dataset(tmp_path_factory.mktemp("data") / "mem", patients=24))
+
+
+def kept_bytes(model: Teacher, rows: list[list[int]]) -> int:
+    """Bytes of the distinct tensors one training forward saves for backward, weights aside."""
+    task, module = model.task(), model.module.train()
+    input_ids, mask = task.pad(rows)
+    batch = PromptBatch(input_ids, mask, torch.zeros(len(rows), len(model.schema.drugs)))
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = task.loss(module, batch)
+    loss.backward()  # the graph was whole
+    return sum(kept.values())
+
+
+def estimated_bytes(model: Teacher, rows: list[list[int]]) -> float:
+    """The estimate's activations for this batch, in bytes."""
+    width = max(len(r) for r in rows)
+    per_token = block_bytes_per_token(model.llm_config, **model.block_memory(width))
+    trained = model.config.train_layers or model.llm_config.num_hidden_layers
+    estimate = model.estimate_batch(len(rows) * width, width, checkpointing=False)
+    assert estimate.activations_gib == round(len(rows) * width * trained * per_token / 2**30, 2)
+    return len(rows) * width * trained * per_token
+
+
+# (teacher options, a padded batch?) for each path the estimate tells apart
+PATHS = [
+    ({"dtype": "bf16"}, True),  # autocast LoRA, fp32 attention, no mask for right padding
+    ({"dtype": "fp32"}, True),
+    ({"dtype": "fp32", "fast_paths": False}, True),  # a padding mask, heads repeated
+    ({"dtype": "bf16", "fast_paths": False}, True),  # LoRA in fp32 on a bf16 backbone
+    ({"dtype": "bf16", "lora_dropout": 0.0}, False),  # q, k, v adapters share one input
+    ({"dtype": "fp32", "fast_paths": False, "lora_dropout": 0.0}, True),
+    ({"dtype": "bf16", "train_layers": 1}, True),  # only the top block keeps anything
+]
+
+
+@pytest.mark.parametrize(("options", "padded"), PATHS, ids=[str(o) for o, _ in PATHS])
+def test_the_estimate_counts_what_the_backward_pass_keeps(small, options, padded):
+    model = Teacher(small.schema, {"llm": "tiny", **options})
+    model.build()
+    rows = [list(range(5, 101)), list(range(5, 101 if not padded else 70))]
+    measured, estimated = kept_bytes(model, rows), estimated_bytes(model, rows)
+    # within a few per cent: the estimate leaves out what does not grow with blocks x tokens
+    # (rotary tables, autocast's copies of the adapters' weights), and it counts the lowest
+    # trained block in full, which keeps less (its input needs no gradient)
+    assert 0.95 * measured <= estimated <= 1.15 * measured, (measured, estimated)
+
+
+def test_without_adapters_the_blocks_keep_nothing(small):
+    model = Teacher(small.schema, {"llm": "tiny", "lora_r": 0})
+    model.build()
+    assert block_adapters(model.module) is None
+    assert model.estimate_batch(4096, 2048, checkpointing=False).activations_gib == 0
+
+
+def test_checkpointing_keeps_block_inputs_and_one_block(small):
+    model = Teacher(small.schema, {"llm": "tiny", "dtype": "fp32"})
+    model.build()
+    cfg, adapters = model.llm_config, block_adapters(model.module)
+    assert adapters is not None and adapters.dropout and adapters.count == 7
+    full = estimate_peak(cfg, 1, dtype="fp32", batch_tokens=2**20, max_length=1024,
+                         adapters=adapters)
+    ckpt = estimate_peak(cfg, 1, dtype="fp32", batch_tokens=2**20, max_length=1024,
+                         adapters=adapters, checkpointing=True)
+    per_block = block_bytes_per_token(cfg, dtype="fp32", max_length=1024, adapters=adapters)
+    layers = cfg.num_hidden_layers
+    assert ckpt.activations_gib == round(2**20 * (layers * cfg.hidden_size * 4 + per_block)
+                                         / 2**30, 2)
+    assert ckpt.activations_gib < full.activations_gib
+
+
+def test_attention_kinds_and_the_cpu_slack():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
+                          num_key_value_heads=32, num_hidden_layers=32)  # LLaMA-7B's shape
+    lora = Adapters(inputs=[4096] * 6 + [11008], count=7, rank=8, dropout=True, dtype="bf16",
+                    trainable=20_000_000)
+    kinds = {kind: estimate_peak(cfg, 6_700_000_000, dtype="bf16", batch_tokens=2048,
+                                 max_length=2048, adapters=lora, attention=kind,
+                                 device_type="cuda")
+             for kind in ("memory-efficient", "masked", "eager")}
+    eff, masked, eager = (kinds[k].activations_gib for k in kinds)
+    assert eff < masked < eager  # a mask row per token; the softmax matrix per head
+    assert kinds["eager"].activations_gib > 2 * eff and kinds["eager"].slack_gib == 0
+    cpu = estimate_peak(cfg, 6_700_000_000, dtype="bf16", batch_tokens=2048, max_length=2048,
+                        adapters=lora)
+    assert cpu.slack_gib == pytest.approx(CPU_ALLOCATOR_SLACK[False] * cpu.activations_gib,
+                                          abs=0.01)
+    assert "allocator slack" in cpu.line() and "allocator" not in kinds["masked"].line()
+    # LLaMA-7B in bf16, LoRA with dropout on every projection, one 2,048-token row: ~12.5 GiB
+    # of weights; its activations need checkpointing to fit a 24 GB GPU
+    ckpt = estimate_peak(cfg, 6_700_000_000, dtype="bf16", batch_tokens=2048, max_length=2048,
+                         adapters=lora, checkpointing=True, device_type="cuda")
+    assert 12 < ckpt.total_gib < 0.9 * 24 < kinds["memory-efficient"].total_gib
