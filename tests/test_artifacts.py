@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import leader
 import leader.artifacts as artifacts
-from leader.artifacts import remove_dead_temps, save_tensors
+from leader.artifacts import remove_dead_temps, save_tensors, write_json_atomic
 
 
 def test_save_tensors_round_trips_with_metadata(tmp_path):
@@ -66,3 +66,20 @@ def test_tensor_files_are_written_through_save_tensors():
                 if any(a.name == "save_file" for a in node.names):
                     offenders.append(f"{path.name}:{node.lineno}")
     assert offenders == [], f"use leader.artifacts.save_tensors: {offenders}"
+
+
+def test_json_is_written_whole_and_a_killed_writers_temp_is_cleared(tmp_path, monkeypatch):
+    out = tmp_path / "metrics.json"
+    left = tmp_path / f".metrics.json.tmp-{dead_pid()}"
+    left.write_text('{"half": ')
+    write_json_atomic(out, {"jaccard": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+    def failed(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifacts.os, "replace", failed)
+    with pytest.raises(OSError):
+        write_json_atomic(out, {"jaccard": 0.9})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    assert "0.5" in out.read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from helpers import make_bundle, run_cli, simple_patient
 
@@ -54,8 +55,15 @@ def test_batch_with_a_bad_line(tmp_path, bundles, tiny_data, monkeypatch, capsys
     before = out.read_text()
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 2 and "--force" in err and out.read_text() == before
+    # a killed run's temp is cleared by the next run; a live writer's is left alone
+    from helpers import dead_pid
+
+    killed = tmp_path / f".out.jsonl.tmp-{dead_pid()}"
+    killed.write_text("half")
+    live = tmp_path / f".out.jsonl.tmp-{os.getppid()}"
+    live.write_text("being written")
     code, _, _ = run_cli([*args, "--force"], monkeypatch, capsys)
-    assert code == 0
+    assert code == 0 and not killed.exists() and live.exists()
 
 
 def test_bad_input_exits_2_naming_the_thing(tmp_path, bundles, monkeypatch, capsys):
@@ -78,7 +86,7 @@ def test_bad_input_exits_2_naming_the_thing(tmp_path, bundles, monkeypatch, caps
         code, _, err = run_cli(["recommend", "-m", model, *extra], monkeypatch, capsys)
         assert code == 2, (extra, err)
         assert expected in err and "Traceback" not in err
-    assert not (tmp_path / "o.jsonl").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert not (tmp_path / "o.jsonl").exists() and not list(tmp_path.glob(".*.tmp*"))
     code, _, err = run_cli(["recommend", "-m", str(tmp_path), "-p", str(bad)], monkeypatch, capsys)
     assert code == 2 and "manifest.json" in err
 

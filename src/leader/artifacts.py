@@ -194,6 +194,19 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write a JSON file whole or not at all: beside it under :func:`temp_name`, then rename
+    (a killed writer's temp is cleared by the next write of the same file)."""
+    path = Path(path)
+    remove_dead_temps(path.parent, path.name)
+    tmp = temp_name(path)
+    try:
+        write_json(tmp, obj)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file atomically, inside a :func:`temp_name` directory, then rename.
 

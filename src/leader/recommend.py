@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from leader.artifacts import remove_dead_temps, temp_name
 from leader.bundle import Bundle
 from leader.bundle import load as load_bundle
 from leader.data.dataset import Schema
@@ -278,7 +279,8 @@ class Recommender(Bundle):
             raise LeaderError(f"{out}: directory {out.parent} does not exist")
         errors: list[dict] = []
         n_ok = 0
-        tmp = out.with_name(f".{out.name}.tmp")
+        remove_dead_temps(out.parent, out.name)
+        tmp = temp_name(out)  # two runs writing one file do not share a temp
         choice = (top_k, threshold, explain)
         try:
             with src.open("rb") as lines, _open_output(tmp, out) as sink:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from leader.artifacts import write_json
+from leader.artifacts import write_json_atomic
 from leader.cli import app
 from leader.commands import console
 from leader.commands.options import Calibration, MaxDrugs, config_options, read_config_file
@@ -69,9 +69,7 @@ def evaluate_cmd(
     result = evaluate(model, data, split, rounds, frac, seed, threshold, tune_threshold)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        write_json(tmp, result)
-        tmp.replace(out)
+        write_json_atomic(out, result)
     console.print(_metric_table(result))
     if out is not None:
         console.print(f"wrote {out}")
