@@ -15,10 +15,15 @@ from leader.models.teacher import PromptBatch, Teacher, block_adapters
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small_dir(tmp_path_factory):
     from conftest import make_tiny_dataset
 
-    return Dataset.load(make_tiny_dataset(tmp_path_factory.mktemp("data") / "mem", patients=24))
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "mem", patients=24)
+
+
+@pytest.fixture(scope="module")
+def small(small_dir):
+    return Dataset.load(small_dir)
 
 
 def kept_bytes(model: Teacher, rows: list[list[int]]) -> int:
@@ -122,3 +127,54 @@ def test_attention_kinds_and_the_cpu_slack():
     ckpt = estimate_peak(cfg, 6_700_000_000, dtype="bf16", batch_tokens=2048, max_length=2048,
                          adapters=lora, checkpointing=True, device_type="cuda")
     assert 12 < ckpt.total_gib < 0.9 * 24 < kinds["memory-efficient"].total_gib
+
+
+# --- planning before a run: `leader teacher-memory` ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A Hugging Face model directory (the tiny Llama and its tokenizer), as a user's would be."""
+    from leader.llm import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    tiny_model(hidden=64, layers=3).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_a_plan_without_weights_matches_the_loaded_model(small, llama_dir):
+    """The plan builds the backbone on the meta device from its config (seconds and no memory
+    for LLaMA-7B); it must estimate what the loaded model estimates."""
+    from leader.models.teacher import memory_plan
+
+    options = {"llm": str(llama_dir), "dtype": "fp32", "train": {"batch_size": 4}}
+    plan = memory_plan(small, options)
+    loaded = Teacher(small.schema, options)
+    loaded.build()
+    tokens, longest = loaded.largest_batch(small.samples("train"))
+    assert (plan["batch_tokens"], plan["longest"]) == (tokens, longest) and 4 <= tokens
+    assert plan["without_checkpointing"] == loaded.estimate_batch(tokens, longest, False)
+    assert plan["with_checkpointing"] == loaded.estimate_batch(tokens, longest, True)
+    assert plan["budget_gib"] > 0
+    gpu = memory_plan(small, options, device="cuda", length=100)  # from a machine without one
+    assert gpu["batch_tokens"] == 400 and gpu["without_checkpointing"].slack_gib == 0
+    if not torch.cuda.is_available():
+        assert gpu["budget_gib"] is None
+
+
+def test_teacher_memory_cli(small_dir, monkeypatch, capsys):
+    from helpers import run_cli
+
+    code, out, err = run_cli(["teacher-memory", "--data", str(small_dir), "--llm", "tiny",
+                              "--batch-size", "2"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "without checkpointing: estimated peak memory" in out and "would turn it off" in out
+    code, _, err = run_cli(["teacher-memory", "--data", str(small_dir), "--llm", "tiny",
+                            "--length", "0"], monkeypatch, capsys)
+    assert code == 2 and "length" in err and "Traceback" not in err
+    # `--max-batch-tokens 0` is no cap (documented): the whole batch of long rows in one
+    code, out, err = run_cli(["teacher-memory", "--data", str(small_dir), "--llm", "tiny",
+                              "--batch-size", "8", "--length", "2048", "--max-batch-tokens", "0"],
+                             monkeypatch, capsys)
+    assert code == 0 and "16,384 padded tokens" in out, err

@@ -122,19 +122,23 @@ def normalize_spec(spec: str) -> str:
     return str(path.resolve())
 
 
-def resolve_llm(spec: str, dtype: str = "fp32", quantize: str | None = None) -> LLM:
+def resolve_llm(
+    spec: str, dtype: str = "fp32", quantize: str | None = None, weights: bool = True
+) -> LLM:
     """Load the backbone named by ``spec`` (see the module docstring) in ``dtype``, with
-    memory-efficient attention (sdpa), optionally 4/8-bit quantized (QLoRA, CUDA only)."""
+    memory-efficient attention (sdpa), optionally 4/8-bit quantized (QLoRA, CUDA only).
+    ``weights=False`` builds it on the meta device from its config alone (seconds, no memory
+    even for LLaMA-7B): its shapes and modules, for a memory estimate."""
     spec = normalize_spec(spec)
-    quantization = quantization_config(quantize, dtype)
+    quantization = quantization_config(quantize, dtype) if weights else None
     if spec == TINY:
-        if quantization is not None:
+        if quantize is not None:
             raise LeaderError("quantize: the tiny backbone cannot be quantized")
         model, tokenizer = tiny_model(), tiny_tokenizer()
         model = model.to(torch_dtype(dtype))
     else:
         directory = smollm2_dir() if spec == SMOLLM2 else Path(spec)
-        model, tokenizer = _load_hf(directory, torch_dtype(dtype), quantization)
+        model, tokenizer = _load_hf(directory, torch_dtype(dtype), quantization, weights)
     if tokenizer.pad_token is None:  # many causal LMs have none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
@@ -195,7 +199,9 @@ def quantization_config(quantize: str | None, dtype: str) -> Any:
     )
 
 
-def _load_hf(directory: Path, dtype: torch.dtype, quantization: Any = None) -> tuple[Any, Any]:
+def _load_hf(
+    directory: Path, dtype: torch.dtype, quantization: Any = None, weights: bool = True
+) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
     from transformers.utils import logging as hf_logging
@@ -214,9 +220,16 @@ def _load_hf(directory: Path, dtype: torch.dtype, quantization: Any = None) -> t
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         extra = {"quantization_config": quantization} if quantization is not None else {}
-        model = AutoModelForCausalLM.from_pretrained(
-            str(directory), dtype=dtype, local_files_only=True, attn_implementation="sdpa", **extra
-        )
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(directory), dtype=dtype, local_files_only=True, attn_implementation="sdpa",
+                **extra,
+            )
+        else:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(
+                    config, dtype=dtype, attn_implementation="sdpa"
+                )
     except (OSError, ValueError) as e:
         raise ConfigError("llm", f"{directory}: cannot load the model ({_first_line(e)})") from None
     return model, tokenizer

@@ -1,7 +1,8 @@
-"""`leader prompt`, `leader train-teacher`, `leader export-features`: the LEADER teacher."""
+"""`leader prompt`, `train-teacher`, `export-features`, `teacher-memory`: the LEADER teacher."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,8 @@ from leader.cli import app
 from leader.commands import console
 from leader.commands.options import Calibration, MaxDrugs, Threshold, config_options
 from leader.commands.tables import fit_table, training_line
-from leader.models.teacher import TeacherConfig
+from leader.data.dataset import Dataset
+from leader.models.teacher import TeacherConfig, memory_plan
 from leader.pipelines import export_features, fit_model
 from leader.prompts import prompt_stats, render_prompt
 
@@ -125,3 +127,28 @@ def export_features_cmd(
         f"features in {index['dir']}: {counts} (hidden size {index['hidden_size']}; "
         f"{index['computed']} computed, {index['reused']} reused)"
     )
+
+
+@app.command("teacher-memory")
+@config_options(TeacherConfig)
+def teacher_memory_cmd(
+    data: Annotated[Path, typer.Option(help="Prepared DATA_DIR.")],
+    config: TeacherConfig,
+    device: Annotated[str | None, typer.Option(
+        help="cpu or cuda: plan for this kind of device (default: this machine's).",
+        show_default=False)] = None,
+    length: Annotated[int | None, typer.Option(
+        help="Plan for rows of this many tokens instead of the cohort's longest prompt.",
+        show_default=False)] = None,
+) -> None:
+    """Estimated peak memory of train-teacher with these options, without loading the weights."""
+    plan = memory_plan(Dataset.load(data), config, device, length)
+    say = partial(console.print, highlight=False, soft_wrap=True)
+    say(f"{plan['llm']} in {plan['dtype']} on {plan['device']}: largest batch "
+        f"{plan['batch_tokens']:,} padded tokens (rows of {plan['longest']:,})")
+    for key in ("without_checkpointing", "with_checkpointing"):
+        say(f"{key.replace('_', ' ')}: {plan[key].line()}")
+    if plan["budget_gib"] is not None:
+        over = plan["without_checkpointing"].total_gib > plan["budget_gib"]
+        say(f"budget {plan['budget_gib']} GiB: --gradient-checkpointing auto would turn it "
+            f"{'on' if over else 'off'}")

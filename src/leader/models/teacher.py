@@ -46,6 +46,7 @@ from leader.train import (
     FitContext,
     TrainConfig,
     counter,
+    cut_batches,
     default_threads,
     load_trainable_state,
     predict_in_batches,
@@ -82,7 +83,7 @@ class TeacherConfig(Config):
     titles: str = option("long", "Code titles in prompts: long, or short (MIMIC-III "
                          "SHORT_TITLE).", choices=("long", "short"))
     max_batch_tokens: int | None = option(2048, "Cap on padded tokens per batch (rows x "
-                                          "longest).", ge=1)
+                                          "longest); 0: no cap.", ge=0)
     gradient_checkpointing: str = option(
         "auto", "Recompute activations in the backward pass (less memory, ~30% more compute); "
         "auto: on when the estimated peak exceeds half the RAM / 90% of the GPU.",
@@ -495,18 +496,27 @@ class Teacher(MedModel):
         self.module: TeacherModule | None = None
         self._task: TeacherTask | None = None
         self.dtype: str | None = None  # the backbone precision chosen (``auto`` resolved)
+        self.device_type = "cpu"  # where the module runs (or, built without weights, would)
         # lower-block outputs of train + val from the last fit (``train_layers``): valid while
         # its run directory exists; the pipeline drops it after the export
         self.layer_cache: LayerCache | None = None
 
-    def build(self) -> None:
-        """Load the backbone, add the adapter and drug layer (refuses a bad llm or length)."""
+    def build(self, weights: bool = True, device: torch.device | None = None) -> None:
+        """Load the backbone, add the adapter and drug layer (refuses a bad llm or length).
+
+        ``weights=False`` builds the same module on the meta device, as it would run on
+        ``device`` (default: this machine's), for :func:`memory_plan` only."""
         cfg = self.config
-        device = default_device()
-        set_threads(cfg.train.threads or default_threads(), device)
+        device = device or default_device()
+        if weights:
+            set_threads(cfg.train.threads or default_threads(), device)
         cfg.llm = normalize_spec(cfg.llm)
-        self.dtype = choose_dtype(cfg.dtype, device)
-        llm = resolve_llm(cfg.llm, self.dtype, cfg.quantize)
+        if cfg.dtype == "auto" and device.type == "cuda" and not torch.cuda.is_available():
+            self.dtype = "bf16"  # a plan for a GPU elsewhere: assume a recent one
+        else:
+            self.dtype = choose_dtype(cfg.dtype, device)
+        self.device_type = device.type
+        llm = resolve_llm(cfg.llm, self.dtype, cfg.quantize, weights=weights)
         if cfg.max_length is None:  # the paper's budget, if the backbone takes it
             cfg.max_length = min(DEFAULT_MAX_LENGTH, llm.max_positions)
         if not 16 <= cfg.max_length <= llm.max_positions:
@@ -521,7 +531,8 @@ class Teacher(MedModel):
             torch.manual_seed(cfg.train.seed)
             self.module = build_module(llm, len(self.schema.drugs), cfg, self.dtype, device)
         self.module.drug_layer.to(torch.float32)
-        self.module.to(device)
+        if weights:
+            self.module.to(device)
         self._task = None
 
     def prompt_builder(self) -> PromptBuilder:
@@ -555,14 +566,18 @@ class Teacher(MedModel):
         self, samples: Sequence[Sample], checkpointing: bool | None = None
     ) -> Any:
         """Estimated training peak for the largest batch these samples make."""
-        lengths = sorted(self.task().lengths(samples))
-        longest = lengths[-1] if lengths else 0
+        if checkpointing is None:
+            checkpointing = self.config.gradient_checkpointing == "on"
+        return self.estimate_batch(*self.largest_batch(samples), checkpointing)
+
+    def largest_batch(self, samples: Sequence[Sample]) -> tuple[int, int]:
+        """(padded tokens, row length) of the largest training batch these samples can make."""
+        lengths = self.task().lengths(samples)
+        longest = max(lengths, default=0)
         tokens = self.config.train.batch_size * longest
         if self.config.max_batch_tokens:
             tokens = min(tokens, max(self.config.max_batch_tokens, longest))
-        if checkpointing is None:
-            checkpointing = self.config.gradient_checkpointing == "on"
-        return self.estimate_batch(tokens, longest, checkpointing)
+        return tokens, longest
 
     def estimate_batch(self, batch_tokens: int, longest: int, checkpointing: bool) -> Any:
         """Estimated training peak for a batch of ``batch_tokens`` padded tokens whose rows
@@ -575,7 +590,7 @@ class Teacher(MedModel):
             trained_layers=self.config.train_layers,
             checkpointing=checkpointing,
             quantize=self.config.quantize,
-            device_type=next(module.parameters()).device.type,
+            device_type=self.device_type,
             **self.block_memory(longest),
         )
 
@@ -713,3 +728,44 @@ class Teacher(MedModel):
             )
         load_trainable_state(self.module, tensors)
         self.module.eval()
+
+
+# --- planning memory before a run --------------------------------------------------------------
+
+
+def memory_plan(
+    data: Dataset,
+    config: TeacherConfig | dict[str, Any] | None = None,
+    device: str | None = None,
+    length: int | None = None,
+) -> dict[str, Any]:
+    """What ``train-teacher`` with ``config`` would need, without loading the weights: the
+    estimate for the largest batch of ``data``'s training prompts (or, with ``length``, a batch
+    of rows of that many tokens, as many as the batch size and token cap allow), with gradient
+    checkpointing off and on, for ``device`` (default: this machine's; ``cuda`` plans for a
+    GPU from any machine), and the budget ``--gradient-checkpointing auto`` compares with when
+    the device is here."""
+    model = Teacher(data.schema, config)
+    target = torch.device(device) if device else default_device()
+    model.build(weights=False, device=target)
+    cfg = model.config
+    if length is None:
+        tokens, longest = model.largest_batch(data.samples("train"))
+    else:
+        if not 1 <= length <= cfg.max_length:
+            raise ConfigError("length", f"must be 1 to --max-length ({cfg.max_length}), "
+                              f"got {length}")
+        size = cfg.train.batch_size
+        rows = len(cut_batches(range(size), [length] * size, size, cfg.max_batch_tokens)[0])
+        tokens, longest = rows * length, length
+    here = target.type == "cpu" or torch.cuda.is_available()
+    return {
+        "llm": cfg.llm,
+        "device": target.type,
+        "dtype": model.dtype,
+        "batch_tokens": tokens,
+        "longest": longest,
+        "without_checkpointing": model.estimate_batch(tokens, longest, False),
+        "with_checkpointing": model.estimate_batch(tokens, longest, True),
+        "budget_gib": round(memory_budget_gib(target), 1) if here else None,
+    }
