@@ -178,3 +178,9 @@ def test_teacher_memory_cli(small_dir, monkeypatch, capsys):
                               "--batch-size", "8", "--length", "2048", "--max-batch-tokens", "0"],
                              monkeypatch, capsys)
     assert code == 0 and "16,384 padded tokens" in out, err
+    code, _, err = run_cli(["teacher-memory", "--data", str(small_dir), "--llm", "tiny",
+                            "--quantize", "4bit", "--device", "cpu"], monkeypatch, capsys)
+    assert code == 2 and "--device cuda" in err and "Traceback" not in err
+    code, _, err = run_cli(["teacher-memory", "--data", str(small_dir), "--llm", "tiny",
+                            "--device", "gpu"], monkeypatch, capsys)
+    assert code == 2 and "cpu or cuda" in err and "Traceback" not in err

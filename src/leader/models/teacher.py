@@ -745,8 +745,13 @@ def memory_plan(
     checkpointing off and on, for ``device`` (default: this machine's; ``cuda`` plans for a
     GPU from any machine), and the budget ``--gradient-checkpointing auto`` compares with when
     the device is here."""
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError("device", f"expected cpu or cuda, got {device!r}")
     model = Teacher(data.schema, config)
     target = torch.device(device) if device else default_device()
+    if model.config.quantize and target.type != "cuda":
+        raise ConfigError("quantize", f"{model.config.quantize} loading needs a CUDA GPU; plan "
+                          "for one with --device cuda")
     model.build(weights=False, device=target)
     cfg = model.config
     if length is None:
