@@ -90,7 +90,11 @@ def test_changed_options_refuse_to_resume(tiny_data, tmp_path):
 
     train_s, val_s = tiny_data.samples("train"), tiny_data.samples("val")
     train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4), ctx(tmp_path))
-    with pytest.raises(LeaderError, match="other training options"):
+    with pytest.raises(LeaderError, match="checkpoint: checkpoint was made with other training"):
+        train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4, lr=0.01), ctx(tmp_path))
+    # the refusal names the checkpoint it read, also one left between its renames
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
+    with pytest.raises(LeaderError, match="checkpoint.old: checkpoint was made with other"):
         train(LinearTask(tiny_data), train_s, val_s, cfg(max_steps=4, lr=0.01), ctx(tmp_path))
 
 

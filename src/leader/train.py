@@ -333,10 +333,10 @@ def save_checkpoint(
     barrier()
 
 
-def load_checkpoint(run_dir: Path, module, opt, rank: int) -> LoopState | None:
-    """The newest complete checkpoint: a kill inside :func:`save_checkpoint`'s renames can leave
-    the new one as ``checkpoint.tmp`` (complete once it has ``state.json``) or only the
-    previous one as ``checkpoint.old``."""
+def load_checkpoint(run_dir: Path, module, opt, rank: int) -> tuple[LoopState, Path] | None:
+    """The newest complete checkpoint and where it was: a kill inside :func:`save_checkpoint`'s
+    renames can leave the new one as ``checkpoint.tmp`` (complete once it has ``state.json``)
+    or only the previous one as ``checkpoint.old``."""
     names = (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old")
     found = [run_dir / n for n in names if (run_dir / n / "state.json").is_file()]
     if not found:
@@ -351,7 +351,7 @@ def load_checkpoint(run_dir: Path, module, opt, rank: int) -> LoopState | None:
     rng = ckpt / f"rng-{rank}.safetensors"
     if rng.is_file():
         torch.set_rng_state(load_file(str(rng))["torch"])
-    return state
+    return state, ckpt
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -411,16 +411,17 @@ class Run:
         if self.run_dir is None:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = load_checkpoint(self.run_dir, self.module, self.opt, self.rank)
-        if resumed is not None:
+        found = load_checkpoint(self.run_dir, self.module, self.opt, self.rank)
+        if found is not None:
+            resumed, where = found
             if resumed.config != self.state.config:
                 raise LeaderError(
-                    f"{self.run_dir / CHECKPOINT}: checkpoint was made with other training "
+                    f"{where}: checkpoint was made with other training "
                     "options; use the same options to resume, or --force to start again"
                 )
             if resumed.world != self.world and resumed.batch and not resumed.done:
                 raise LeaderError(
-                    f"{self.run_dir / CHECKPOINT}: stopped inside an epoch of a run of "
+                    f"{where}: stopped inside an epoch of a run of "
                     f"{resumed.world} process(es), resumed with {self.world}: the epoch's "
                     f"batches are dealt per process, so resume with {resumed.world} (e.g. "
                     f"torchrun --nproc_per_node {resumed.world}), or --force to start again"
