@@ -142,7 +142,7 @@ def teacher_memory_cmd(
         show_default=False)] = None,
 ) -> None:
     """Estimated peak memory of train-teacher with these options, without loading the weights."""
-    plan = memory_plan(Dataset.load(data), config, device, length)
+    plan = memory_plan(Dataset.load(data), config, device, length, progress=True)
     say = partial(console.print, highlight=False, soft_wrap=True)
     say(f"{plan['llm']} in {plan['dtype']} on {plan['device']}: largest batch "
         f"{plan['batch_tokens']:,} padded tokens (rows of {plan['longest']:,})")

@@ -389,6 +389,16 @@ class TeacherTask:
     def lengths(self, samples: Sequence[Sample]) -> list[int]:
         return [len(self.prompt(s).input_ids) for s in samples]
 
+    def build_prompts(self, samples: Sequence[Sample], progress: bool = False) -> None:
+        """Build and tokenize these samples' prompts now (a full cohort takes minutes: with
+        ``progress``, under a progress bar)."""
+        with counter("prompts", len(samples), progress) as done:
+            for start in range(0, len(samples), 1000):
+                chunk = samples[start:start + 1000]
+                for s in chunk:
+                    self.prompt(s)
+                done(len(chunk))
+
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) padded on the tokenizer's side, as it would pad them."""
         width = max(len(r) for r in rows)
@@ -641,8 +651,7 @@ class Teacher(MedModel):
         task = self.task()
         train_samples, val_samples = data.samples("train"), data.samples("val")
         t0 = time.perf_counter()
-        for s in (*train_samples, *val_samples):
-            task.prompt(s)
+        task.build_prompts([*train_samples, *val_samples], context.progress and is_main())
         fast = fast_paths.describe(self.module.decoder, self.module.autocast,
                                    self.module.causal_only)
         say(f"backbone {self.config.llm} in {self.dtype}"
@@ -738,6 +747,7 @@ def memory_plan(
     config: TeacherConfig | dict[str, Any] | None = None,
     device: str | None = None,
     length: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """What ``train-teacher`` with ``config`` would need, without loading the weights: the
     estimate for the largest batch of ``data``'s training prompts (or, with ``length``, a batch
@@ -755,6 +765,7 @@ def memory_plan(
     model.build(weights=False, device=target)
     cfg = model.config
     if length is None:
+        model.task().build_prompts(data.samples("train"), progress)
         tokens, longest = model.largest_batch(data.samples("train"))
     else:
         if not 1 <= length <= cfg.max_length:
