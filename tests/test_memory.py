@@ -65,13 +65,19 @@ PATHS = [
     ({"dtype": "bf16", "lora_dropout": 0.0}, False),  # q, k, v adapters share one input
     ({"dtype": "fp32", "fast_paths": False, "lora_dropout": 0.0}, True),
     ({"dtype": "bf16", "train_layers": 1}, True),  # only the top block keeps anything
+    ({"dtype": "fp32", "fast_paths": False, "attention": "eager"}, True),  # the softmax matrix
+    ({"dtype": "bf16", "fast_paths": False, "attention": "eager"}, True),  # ... and its copy
 ]
 
 
 @pytest.mark.parametrize(("options", "padded"), PATHS, ids=[str(o) for o, _ in PATHS])
 def test_the_estimate_counts_what_the_backward_pass_keeps(small, options, padded):
+    options = dict(options)
+    attention = options.pop("attention", None)
     model = Teacher(small.schema, {"llm": "tiny", **options})
     model.build()
+    if attention is not None:  # a backbone loaded with another attention implementation
+        model.module.decoder.config._attn_implementation = attention
     rows = [list(range(5, 101)), list(range(5, 101 if not padded else 70))]
     measured, estimated = kept_bytes(model, rows), estimated_bytes(model, rows)
     # within a few per cent: the estimate leaves out what does not grow with blocks x tokens

@@ -33,9 +33,9 @@ RUNTIME_OVERHEAD = 0.6 * GIB  # interpreter, torch and tokenizer libraries
 # On CPU, glibc's malloc keeps much of what a step frees, so the resident peak runs above the
 # live tensors by a share of the activations the step creates (all trained blocks' in full,
 # recomputed or not). Measured over three steps of smollm2 (1 x 2,048, 4 x 512 and 8 x 256
-# tokens; BENCHMARKS.md, Teacher, "The memory estimate"): 0.62-0.66 of them in bf16, 0.85-0.97
-# in fp32, 0.39-0.62 in fp32 without the fast paths; 0.28 (bf16) and 0.53 (fp32) with gradient
-# checkpointing
+# tokens; BENCHMARKS.md, Teacher, "The memory estimate, recounted"): 0.62-0.66 of them in
+# bf16, 0.85-0.97 in fp32, 0.39-0.62 in fp32 without the fast paths; 0.28 (bf16) and 0.53
+# (fp32) with gradient checkpointing
 CPU_ALLOCATOR_SLACK = {False: 0.8, True: 0.5}  # by checkpointing
 NORMS_PER_BLOCK = 2  # before attention and before the MLP
 GATED_MLP_KEPT = 3  # gate, act(gate), up: what the backward of act(gate) * up needs
@@ -115,8 +115,8 @@ def block_bytes_per_token(
         attn = att * (2 * h + 2 * kv) + logsumexp
     elif attention == "masked":  # k and v repeated to every head, and the expanded mask
         attn = att * (4 * h + max_length) + logsumexp
-    else:  # eager: the fp32 softmax and its cast copy, [heads, max_length] per token
-        attn = att * 4 * h + heads * max_length * (4 + att)
+    else:  # eager: the fp32 softmax, and its cast copy below fp32: [heads, max_length]
+        attn = att * 4 * h + heads * max_length * (4 + (att if att < 4 else 0))
     return norms + mlp + attn + adapters.per_token()
 
 
