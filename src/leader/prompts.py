@@ -28,6 +28,7 @@ from leader.data.samples import Sample, Visit, sample_id
 from leader.data.vocab import Vocab, age_bucket
 from leader.errors import LeaderError
 from leader.llm import load_tokenizer
+from leader.progress import counter
 
 DEFAULT_HISTORY = 3
 
@@ -368,6 +369,7 @@ def prompt_stats(
     max_length: int | None = None,
     titles: str = "long",
     llm: str = "smollm2",
+    progress: bool = False,
 ) -> PromptStats:
     """Lengths and budget reductions of every prompt of DATA_DIR (or one split), measured with
     the backbone's tokenizer only: what a teacher run would build, without loading weights."""
@@ -376,7 +378,9 @@ def prompt_stats(
         data.schema, history=history, profile=profile, max_length=max_length,
         tokenizer=load_tokenizer(llm), titles=titles,
     )
-    prompts, _ = builder.build_many(data.samples(split))
+    samples = data.samples(split)
+    with counter("prompts", len(samples), progress) as done:
+        prompts, _ = builder.build_many(samples, done)
     return PromptStats.of(prompts)
 
 

@@ -22,8 +22,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -567,20 +566,6 @@ def train(
     module.eval()
     return TrainResult(state.best_score, state.best_step, state.step, stopped_early,
                        state.history)
-
-
-@contextmanager
-def counter(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar counting ``total`` items (or nothing); yields ``advance(n)``."""
-    if not enabled:
-        yield lambda _n: None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), TimeRemainingColumn(), transient=False) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 class _progress:

@@ -65,7 +65,7 @@ def prompt_stats_cmd(
 
 
     stats = prompt_stats(data_dir, split=split, history=history, profile=profile,
-                         max_length=max_length, titles=titles, llm=llm)
+                         max_length=max_length, titles=titles, llm=llm, progress=True)
     table = Table(title=f"prompts of {data_dir}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")

@@ -41,11 +41,11 @@ from leader.memory import Adapters, estimate_peak, memory_budget_gib
 from leader.models import fast_paths
 from leader.models.base import MedModel, register, start_from_frequencies
 from leader.models.layer_cache import LayerCache, backbone_key
+from leader.progress import counter
 from leader.prompts import DEFAULT_HISTORY, Prompt, PromptBuilder, PromptStats
 from leader.train import (
     FitContext,
     TrainConfig,
-    counter,
     cut_batches,
     default_threads,
     load_trainable_state,
