@@ -393,11 +393,9 @@ class TeacherTask:
         """Build and tokenize these samples' prompts now (a full cohort takes minutes: with
         ``progress``, under a progress bar)."""
         with counter("prompts", len(samples), progress) as done:
-            for start in range(0, len(samples), 1000):
-                chunk = samples[start:start + 1000]
-                for s in chunk:
-                    self.prompt(s)
-                done(len(chunk))
+            for s in samples:
+                self.prompt(s)
+                done(1)
 
     def pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask) padded on the tokenizer's side, as it would pad them."""
@@ -765,8 +763,9 @@ def memory_plan(
     model.build(weights=False, device=target)
     cfg = model.config
     if length is None:
-        model.task().build_prompts(data.samples("train"), progress)
-        tokens, longest = model.largest_batch(data.samples("train"))
+        train = data.samples("train")  # built from the table on each call: once here
+        model.task().build_prompts(train, progress)
+        tokens, longest = model.largest_batch(train)
     else:
         if not 1 <= length <= cfg.max_length:
             raise ConfigError("length", f"must be 1 to --max-length ({cfg.max_length}), "
