@@ -110,6 +110,19 @@ def tiny_data(tiny_data_dir):
     return Dataset.load(tiny_data_dir)
 
 
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> Path:
+    """24 patients, one copy per test module (the teacher's modules may write next to it)."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "small", patients=24)
+
+
+@pytest.fixture(scope="module")
+def small(small_dir):
+    from leader.data.dataset import Dataset
+
+    return Dataset.load(small_dir)
+
+
 @pytest.fixture(scope="session")
 def bundles(tiny_data, tmp_path_factory) -> dict[str, Path]:
     """``popular``, ``repeat-last`` and ``ddi`` bundles of the tiny cohort (see helpers)."""

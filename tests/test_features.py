@@ -23,16 +23,6 @@ CFG = {"llm": "tiny", "max_length": 256, "train": {"batch_size": 8, "max_steps":
 
 
 @pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "small", patients=24)
-
-
-@pytest.fixture(scope="module")
-def small(small_dir):
-    return Dataset.load(small_dir)
-
-
-@pytest.fixture(scope="module")
 def teacher_dir(small_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "t"
     fit_model("teacher", small_dir, out, CFG, progress=False, export=False)  # export tested here

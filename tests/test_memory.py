@@ -9,21 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leader.data.dataset import Dataset
 from leader.memory import CPU_ALLOCATOR_SLACK, Adapters, block_bytes_per_token, estimate_peak
 from leader.models.teacher import PromptBatch, Teacher, block_adapters
-
-
-@pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-    from conftest import make_tiny_dataset
-
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "mem", patients=24)
-
-
-@pytest.fixture(scope="module")
-def small(small_dir):
-    return Dataset.load(small_dir)
 
 
 def kept_bytes(model: Teacher, rows: list[list[int]]) -> int:

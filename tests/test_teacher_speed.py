@@ -24,18 +24,6 @@ from leader.train import FitContext, cut_batches, epoch_batches, predict_in_batc
 FAST = {"llm": "tiny", "train": {"batch_size": 4, "lr": 1e-2}}
 
 
-@pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-    from conftest import make_tiny_dataset
-
-    return make_tiny_dataset(tmp_path_factory.mktemp("data") / "small", patients=24)
-
-
-@pytest.fixture(scope="module")
-def small(small_dir):
-    return Dataset.load(small_dir)
-
-
 # --- prompts that always fit ---------------------------------------------------------------------
 
 
