@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,8 +32,7 @@ from leader.artifacts import (
     read_json,
     remove_dead_temps,
     save_tensors,
-    temp_name,
-    write_json,
+    write_json_atomic,
 )
 from leader.data.dataset import SPLITS, Dataset
 from leader.data.samples import Sample
@@ -146,9 +144,7 @@ def export_features(
             save_tensors({"hidden": hidden, "logits": logits}, path, metadata=meta)
             done += len(chunk)
         index["splits"][split] = {"shards": shards, "n": len(samples)}
-    tmp_index = temp_name(out / INDEX)
-    write_json(tmp_index, index)
-    os.replace(tmp_index, out / INDEX)
+    write_json_atomic(out / INDEX, index)
     return {**index, "computed": done, "reused": skipped, "dir": str(out)}
 
 

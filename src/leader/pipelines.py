@@ -15,7 +15,6 @@ online).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,12 @@ from typing import Any
 import torch
 
 from leader import calibration as calib
-from leader.artifacts import check_can_write, read_json, remove_dead_temps, temp_name
+from leader.artifacts import (
+    check_can_write,
+    read_json,
+    remove_dead_temps,
+    write_json_atomic,
+)
 from leader.bundle import load, save_bundle
 from leader.configs import Config, ConfigError
 from leader.data.dataset import SPLITS, Dataset
@@ -84,9 +88,7 @@ def prepare_run_dir(run_dir: Path, identity: dict, force: bool) -> None:
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(run_dir)  # a killed run's half-written identity or best weights
-    tmp = temp_name(path)
-    tmp.write_text(json.dumps(wanted, indent=2))
-    os.replace(tmp, path)  # a kill leaves the old file or the new one, never half of one
+    write_json_atomic(path, wanted)  # a kill leaves the old file or the new one, never half
 
 
 def _read_identity(path: Path) -> Any:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from leader.artifacts import remove_dead_temps, save_tensors, temp_name
+from leader.artifacts import remove_dead_temps, save_tensors, write_json_atomic
 from leader.distributed import barrier, world
 from leader.errors import LeaderError
 
@@ -74,9 +73,7 @@ class LayerCache:
                 )
         else:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = temp_name(info)  # other ranks may read it meanwhile
-            tmp.write_text(json.dumps({"key": self.key}))
-            os.replace(tmp, info)
+            write_json_atomic(info, {"key": self.key})  # other ranks may read it meanwhile
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self.memory or sample_id in self.where
