@@ -191,9 +191,12 @@ def run_one(args: argparse.Namespace, name: str) -> dict:
     if name == "old":  # the old export: data order, batches of 16, re-tokenized
         with torch.no_grad():
             model.module.eval()
+            device = next(model.module.parameters()).device
             for i in range(0, len(export_samples), 16):
-                b = loop_task.collate(export_samples[i : i + 16])
+                b = loop_task.collate(export_samples[i : i + 16]).to(device)
                 model.module(b.input_ids, b.attention_mask)
+            if device.type == "cuda":  # its work is asynchronous: done before the clock stops
+                torch.cuda.synchronize(device)
     else:  # shared between the processes of a torchrun child, as train-teacher does
         from leader.distributed import encode_shared
 
@@ -246,6 +249,8 @@ def _across_ranks(value: float, how: str) -> float:
     if world()[1] == 1:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":  # NCCL reduces GPU tensors only
+        t = t.cuda()
     op = torch.distributed.ReduceOp.SUM if how == "sum" else torch.distributed.ReduceOp.MAX
     torch.distributed.all_reduce(t, op=op)
     return t.item()

@@ -56,7 +56,8 @@ def main() -> None:
     batch_rows = args.rows or len(cut_batches(range(8), [args.length] * 8, 8, cap)[0])
     input_ids, mask = task.pad([row] * batch_rows)
     target = torch.zeros(batch_rows, len(data.drugs))
-    batch = PromptBatch(input_ids, mask, target)
+    device = next(model.module.parameters()).device
+    batch = PromptBatch(input_ids, mask, target).to(device)
     def estimate(checkpointing: bool):
         return model.estimate_batch(batch_rows * args.length, args.length, checkpointing)
 
@@ -66,25 +67,31 @@ def main() -> None:
         from leader.memory import memory_budget_gib
         from leader.models.teacher import enable_checkpointing
 
-        if estimate(False).total_gib > memory_budget_gib(torch.device("cpu")):
+        if estimate(False).total_gib > memory_budget_gib(device):
             enable_checkpointing(model.module.decoder)
             checkpointing = True
     estimate = estimate(checkpointing)
     module = model.module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
+    def sync() -> None:  # GPU work is asynchronous: wait for it before reading the clock
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     t0 = time.perf_counter()
     for _ in range(args.steps):  # later steps show what the allocator keeps between steps
         loss, _ = task.loss(module, batch)
         loss.backward()
         opt.step()
         opt.zero_grad()
+    sync()
     train_s = (time.perf_counter() - t0) / args.steps
     train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     module.eval()
     t1 = time.perf_counter()
     with torch.no_grad():
         module(batch.input_ids, batch.attention_mask)
+    sync()
     export_s = time.perf_counter() - t1
     print(json.dumps({
         "llm": args.llm,

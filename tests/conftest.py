@@ -147,3 +147,14 @@ def client(rec):
     from leader.serve import ServeSettings, create_app
 
     return TestClient(create_app(rec, ServeSettings()), base_url="http://127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A Hugging Face model directory (the tiny Llama and its tokenizer), as a user's would be."""
+    from leader.llm import tiny_model, tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("llm") / "tiny-llama"
+    tiny_model(hidden=64, layers=3).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path

@@ -96,6 +96,37 @@ def test_checkpointing_keeps_block_inputs_and_one_block(small):
     assert ckpt.activations_gib < full.activations_gib
 
 
+def test_4bit_weights_are_counted_unpacked_and_only_linear_layers_quantized(small):
+    """bitsandbytes quantizes the backbone's linear layers only, and packs two 4-bit weights per
+    element of a ``Params4bit`` (its numel() is half the count): the estimate must count the
+    embeddings and norms at the backbone's precision and every 4-bit weight once."""
+    from leader.models.teacher import weight_counts
+
+    model = Teacher(small.schema, {"llm": "tiny", "dtype": "bf16"})
+    model.build()
+    cfg = model.llm_config
+    h, inter, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads
+    head = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
+    per_block = h * cfg.num_attention_heads * head * 2 + 2 * h * kv * head + 3 * h * inter
+    total, linear = weight_counts(model.module)
+    assert linear == cfg.num_hidden_layers * per_block  # not LoRA's, not the drug layer's
+    assert total == sum(p.numel() for p in model.module.parameters())
+
+    class Params4bit(torch.nn.Parameter):  # what bitsandbytes' packed weight looks like
+        pass
+
+    proj = model.module.decoder.layers[0].mlp.down_proj.base_layer
+    packed = torch.zeros(proj.weight.numel() // 2, 1, dtype=torch.uint8)
+    proj.weight = Params4bit(packed, requires_grad=False)
+    assert weight_counts(model.module) == (total, linear)
+
+    big = {"dtype": "bf16", "batch_tokens": 2048, "max_length": 2048, "quantize": "4bit"}
+    n, quantized = 6_700_000_000, 6_500_000_000
+    est = estimate_peak(cfg, n, quantized_params=quantized, **big)
+    assert est.weights_gib == round((quantized * 0.55 + (n - quantized) * 2) / 2**30, 2)
+    assert estimate_peak(cfg, n, **big).weights_gib == round(n * 0.55 / 2**30, 2)
+
+
 def test_attention_kinds_and_the_cpu_slack():
     from types import SimpleNamespace
 
@@ -123,17 +154,6 @@ def test_attention_kinds_and_the_cpu_slack():
 
 
 # --- planning before a run: `leader teacher-memory` ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    """A Hugging Face model directory (the tiny Llama and its tokenizer), as a user's would be."""
-    from leader.llm import tiny_model, tiny_tokenizer
-
-    path = tmp_path_factory.mktemp("llm") / "tiny-llama"
-    tiny_model(hidden=64, layers=3).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 def test_a_plan_without_weights_matches_the_loaded_model(small, llama_dir):

@@ -166,9 +166,11 @@ def test_fhir_parsing_does_not_stall_the_event_loop(rec):
     b, h, waited, done = asyncio.run(scenario())
     assert b.status_code == 200 and h.status_code == 200, b.text
     # the health check is answered while the big body is parsed, and waits a small share of it:
-    # relative to the big request's time, since a shared CPU slows both alike
+    # relative to the big request's time, since a shared CPU slows both alike. A stalled loop
+    # would make it wait ~90% of that time; half leaves room for the GIL hand-offs to the parsing
+    # thread on a loaded machine (a quarter failed once under load; ~4% on a quiet one)
     big_s = done["big"] - done["big_start"]
-    assert done["health"] < done["big"] and waited < max(0.25, big_s / 4), (waited, big_s)
+    assert done["health"] < done["big"] and waited < max(0.25, big_s / 2), (waited, big_s)
 
 
 @pytest.mark.parametrize(

@@ -424,6 +424,51 @@ def test_fp16_teacher_trains_with_loss_scaling(small, tmp_path):
     assert np.isfinite(model.predict_proba(small.samples("val"))).all()
 
 
+def test_auto_takes_bf16_only_on_gpus_with_bf16_units(monkeypatch):
+    """A V100 or T4 can make bf16 tensors (torch's default check says yes) but emulates their
+    matrix multiplies: ``auto`` must not choose bf16 there."""
+    import contextlib
+
+    from leader.llm import has_bf16_units
+
+    asked = {}
+
+    def supported(including_emulation: bool = True) -> bool:  # a pre-Ampere GPU
+        asked["emulation"] = including_emulation
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    gpu = torch.device("cuda", 0)
+    assert not has_bf16_units(gpu) and asked == {"emulation": False}
+    assert choose_dtype("auto", gpu) == "fp32"
+
+
+def test_a_quantized_load_goes_to_this_process_gpu_and_fails_clearly(llama_dir, monkeypatch):
+    """Under a launcher each process quantizes onto its own GPU (transformers would put every
+    process's copy on the current one, GPU 0); a bitsandbytes that cannot run is one line."""
+    from transformers import AutoModelForCausalLM
+
+    from leader.configs import ConfigError
+    from leader.llm import _load_hf, default_device
+
+    seen = {}
+
+    def load(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("CUDA Setup failed despite GPU being available\nmore")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", load)
+    with pytest.raises(ConfigError, match="^quantize: .*bitsandbytes cannot load it "
+                                          r"\(CUDA Setup failed despite GPU being available\)$"):
+        _load_hf(llama_dir, torch.bfloat16, quantization=object())
+    assert seen["device_map"] == {"": default_device()} and "quantization_config" in seen
+    seen.clear()
+    with pytest.raises(RuntimeError):  # not quantizing: not ours to reword
+        _load_hf(llama_dir, torch.float32)
+    assert "device_map" not in seen
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU refusal only")
 def test_quantize_refused_clearly_without_a_gpu():
     with pytest.raises(LeaderError, match="needs a CUDA GPU"):

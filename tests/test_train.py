@@ -110,6 +110,19 @@ def _edit_state(run, **changes) -> dict:
     return state
 
 
+def test_a_gpu_checkpoints_random_state_resumes_on_a_cpu():
+    """A GPU run's checkpoint also holds the GPU generator's state (its dropout masks are drawn
+    there); resumed on a CPU, the CPU state is restored and the GPU's left alone."""
+    from leader.train import rng_state, set_rng_state
+
+    module = torch.nn.Linear(2, 2)
+    saved = rng_state(module)
+    assert set(saved) == {"torch"}  # a CPU run has no GPU state to keep
+    first = torch.rand(3)
+    set_rng_state(module, {**saved, "cuda": torch.zeros(16, dtype=torch.uint8)})
+    assert torch.equal(torch.rand(3), first)
+
+
 def test_a_resume_inside_an_epoch_needs_as_many_processes(tiny_data, tmp_path):
     """Each rank's batches of an epoch depend on the process count: a run stopped inside an
     epoch by 2 processes cannot go on in 1 (it would repeat and skip samples)."""

@@ -64,8 +64,9 @@ def has_bf16_units(device: torch.device | None = None) -> bool:
     """Whether bf16 matrix multiplies are faster than fp32 here: a GPU that supports bf16, or a
     CPU with AVX512-BF16 / AMX (elsewhere bf16 is emulated and slower than fp32)."""
     device = device or default_device()
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # bf16 tensor cores from Ampere (8.x) on; earlier GPUs emulate it
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     try:
         return cpu_has_bf16(Path("/proc/cpuinfo").read_text())
     except OSError:  # not Linux: no cheap way to know, fp32 is the safe choice
@@ -219,7 +220,10 @@ def _load_hf(
     hf_logging.disable_progress_bar()  # our own bars are enough
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        extra = {"quantization_config": quantization} if quantization is not None else {}
+        # a quantized load lands on a GPU as it loads: this process's own (LOCAL_RANK), not
+        # transformers' default of the current device, which is GPU 0 for every process
+        extra = ({"quantization_config": quantization, "device_map": {"": default_device()}}
+                 if quantization is not None else {})
         if weights:
             model = AutoModelForCausalLM.from_pretrained(
                 str(directory), dtype=dtype, local_files_only=True, attn_implementation="sdpa",
@@ -232,6 +236,13 @@ def _load_hf(
                 )
     except (OSError, ValueError) as e:
         raise ConfigError("llm", f"{directory}: cannot load the model ({_first_line(e)})") from None
+    except (ImportError, RuntimeError) as e:
+        if quantization is None:
+            raise
+        # bitsandbytes installed but unusable here (no CUDA build for this GPU, version mismatch)
+        raise ConfigError(
+            "quantize", f"{directory}: bitsandbytes cannot load it ({_first_line(e)})"
+        ) from None
     return model, tokenizer
 
 

@@ -130,6 +130,7 @@ def estimate_peak(
     trained_layers: int | None = None,
     checkpointing: bool = False,
     quantize: str | None = None,
+    quantized_params: int | None = None,
     adapters: Adapters | None = None,
     attention: Attention = "memory-efficient",
     attention_dtype: str | None = None,
@@ -141,11 +142,18 @@ def estimate_peak(
     ``batch_tokens`` is the padded tokens of the largest batch (rows × longest prompt);
     ``attention`` is how the kernel runs: ``memory-efficient`` (flash or SDPA without a mask),
     ``masked`` (SDPA with a padding mask) or ``eager`` (the softmax matrix is materialised).
+
+    With ``quantize``, ``quantized_params`` of the ``n_params`` are stored in that format (the
+    linear layers bitsandbytes converts) and the rest (embeddings, norms) in ``dtype``; None
+    counts them all as quantized.
     """
     layers = int(config.num_hidden_layers)
     act = BYTES[dtype]
     trainable = adapters.trainable if adapters is not None else 0
-    weights = n_params * BYTES[quantize or dtype] + trainable * ADAM_BYTES
+    quantized = 0 if quantize is None else quantized_params
+    quantized = n_params if quantized is None else quantized
+    weights = (quantized * BYTES[quantize or dtype] + (n_params - quantized) * BYTES[dtype]
+               + trainable * ADAM_BYTES)
     per_block = block_bytes_per_token(
         config, dtype=dtype, max_length=max_length, adapters=adapters, attention=attention,
         attention_dtype=attention_dtype,

@@ -207,6 +207,9 @@ def fit_model(
     elif config is not None:
         raise LeaderError("give a model name with a config, or a model instance alone")
     features = _features_for(model, teacher, data)
+    # join the launcher's processes first: that gives each its own GPU, where a 4/8-bit
+    # backbone is quantized as it loads
+    ensure_process_group()
     model.build()  # a bad backbone or length fails here, before anything is written
     main = is_main()
     run_dir = run_dir_for(out)
@@ -219,7 +222,6 @@ def fit_model(
         except OSError as e:
             raise LeaderError(f"{out}: cannot create its run directory {run_dir.name} beside it "
                               f"({e.strerror or e})") from None
-    ensure_process_group()
     barrier()  # the other ranks write under run_dir only once rank 0 has checked it
 
     t0 = time.perf_counter()

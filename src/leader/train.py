@@ -317,7 +317,7 @@ def save_checkpoint(
         save_tensors(tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(meta))
     barrier()
-    save_tensors({"torch": torch.get_rng_state()}, tmp / f"rng-{rank}.safetensors")
+    save_tensors(rng_state(module), tmp / f"rng-{rank}.safetensors")
     barrier()
     if is_main:
         # written last (and whole, by a rename): marks the checkpoint complete
@@ -349,8 +349,26 @@ def load_checkpoint(run_dir: Path, module, opt, rank: int) -> tuple[LoopState, P
     _optimizer_from_tensors(opt, load_file(str(ckpt / "optimizer.safetensors")), meta)
     rng = ckpt / f"rng-{rank}.safetensors"
     if rng.is_file():
-        torch.set_rng_state(load_file(str(rng))["torch"])
+        set_rng_state(module, load_file(str(rng)))
     return state, ckpt
+
+
+def rng_state(module) -> dict[str, torch.Tensor]:
+    """This process's random state: the CPU generator's and, on a GPU, that GPU's (which draws
+    the dropout masks there)."""
+    states = {"torch": torch.get_rng_state()}
+    device = next(module.parameters()).device
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_state(module, states: dict[str, torch.Tensor]) -> None:
+    """Restore :func:`rng_state` (a GPU's state only where the module runs on a GPU)."""
+    torch.set_rng_state(states["torch"])
+    device = next(module.parameters()).device
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -481,7 +499,9 @@ def train(
     context = context or FitContext()
     if not train_samples:
         raise LeaderError("training split is empty: nothing to train on")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # precision is each task's own choice (the teacher's autocast, its fp32 drug layer):
+    # not accelerate's, which `accelerate launch` would otherwise take from the user's config
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     set_seed(config.seed)

@@ -132,6 +132,22 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 # --- the module --------------------------------------------------------------------------------
 
 
+def weight_counts(module: TeacherModule) -> tuple[int, int]:
+    """(weights of the module, those in the backbone's linear layers, which 4/8-bit loading
+    quantizes), counted as weights whatever their storage: bitsandbytes packs two 4-bit weights
+    into each element of a ``Params4bit``, so its ``numel()`` is half the count."""
+
+    def count(p: torch.Tensor) -> int:
+        return p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+
+    total = sum(count(p) for p in module.parameters())
+    linear = sum(
+        count(m.weight) for name, m in module.decoder.named_modules()
+        if isinstance(m, nn.Linear) and "lora_" not in name
+    )
+    return total, linear
+
+
 class TeacherModule(nn.Module):
     """Backbone (its final norm included, LM head dropped) -> pooled state -> drug logits.
 
@@ -523,6 +539,9 @@ class Teacher(MedModel):
             self.dtype = "bf16"  # a plan for a GPU elsewhere: assume a recent one
         else:
             self.dtype = choose_dtype(cfg.dtype, device)
+        # recorded as chosen, so that a saved teacher is loaded (and its features exported) in
+        # the precision it was trained in, on any machine
+        cfg.dtype = self.dtype
         self.device_type = device.type
         llm = resolve_llm(cfg.llm, self.dtype, cfg.quantize, weights=weights)
         if cfg.max_length is None:  # the paper's budget, if the backbone takes it
@@ -590,14 +609,15 @@ class Teacher(MedModel):
     def estimate_batch(self, batch_tokens: int, longest: int, checkpointing: bool) -> Any:
         """Estimated training peak for a batch of ``batch_tokens`` padded tokens whose rows
         are ``longest`` tokens, as this module runs it."""
-        module = self.module
+        n_params, quantizable = weight_counts(self.module)
         return estimate_peak(
             self.llm_config,
-            sum(p.numel() for p in module.parameters()),
+            n_params,
             batch_tokens=batch_tokens,
             trained_layers=self.config.train_layers,
             checkpointing=checkpointing,
             quantize=self.config.quantize,
+            quantized_params=quantizable,
             device_type=self.device_type,
             **self.block_memory(longest),
         )
