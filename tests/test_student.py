@@ -109,6 +109,25 @@ def test_batched_equals_single(tiny_data):
     np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
 
 
+def test_predictions_run_where_training_left_the_module(tiny_data, monkeypatch):
+    """After a fit on a GPU the module stays there while batches are collated on the CPU: every
+    batch must go to the module's device (this CPU here) and the probabilities come back."""
+    from leader.data.samples import CodeBatch
+
+    student = make_student(tiny_data)
+    moved, to = [], CodeBatch.to
+
+    def spy(batch, device):
+        moved.append(device)
+        return to(batch, device)
+
+    monkeypatch.setattr(CodeBatch, "to", spy)
+    samples = tiny_data.samples("test")
+    probs = student.predict_proba(samples, batch_size=4)
+    assert moved == [torch.device("cpu")] * -(-len(samples) // 4)
+    assert probs.shape == (len(samples), len(tiny_data.drugs))
+
+
 def quick(**train) -> StudentConfig:
     return StudentConfig(alpha=0.0, beta=0.01,
                          train=TrainConfig(**{"epochs": 3, "batch_size": 8, "patience": 100,

@@ -6,8 +6,10 @@ resume. A model plugs in through a :class:`Task` (collate, loss, predict, target
 knows nothing else about it.
 
 Resuming: the checkpoint holds the trainable weights, the optimiser state, the loop counters
-and the torch RNG state, and the data order is a pure function of (seed, epoch), so killing the
-process and rerunning the same command continues to the same result as an uninterrupted run.
+and the torch RNG states (CPU, and the GPU's), and the data order is a pure function of (seed,
+epoch), so killing the process and rerunning the same command continues to the same result as an
+uninterrupted run: bit for bit on CPU; on a GPU to within its kernels' own run-to-run variation
+(embedding backward, ``index_add_`` and cuDNN's GRU are not deterministic there).
 
 Several processes: launched by ``torchrun`` or ``accelerate launch``, ``accelerate`` wraps the
 module in DDP (gloo on CPU, NCCL on GPUs); each rank takes every world_size-th sample of the

@@ -684,8 +684,12 @@ class Student(MedModel):
             self.build()
         assert self.module is not None
         self.module.eval()
+        # where training left it: on a GPU after a fit there, while batches are collated on CPU
+        device = next(self.module.parameters()).device
         out = [
-            torch.sigmoid(self.module(self.encoder.collate(samples[i : i + batch_size]))[0])
+            torch.sigmoid(
+                self.module(self.encoder.collate(samples[i : i + batch_size]).to(device))[0]
+            ).cpu()
             for i in range(0, len(samples), batch_size)
         ]
         if not out:
