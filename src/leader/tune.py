@@ -127,7 +127,8 @@ def tune(
     )
     started = time.perf_counter()
     study.optimize(
-        _objective(name, data, epochs, teacher), n_trials=trials, timeout=budget_minutes * 60
+        _objective(name, data, epochs, teacher), n_trials=trials, timeout=budget_minutes * 60,
+        gc_after_trial=True,  # a pruned trial's model (on a GPU: its memory) goes at once
     )
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
