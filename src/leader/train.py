@@ -501,9 +501,13 @@ def train(
     context = context or FitContext()
     if not train_samples:
         raise LeaderError("training split is empty: nothing to train on")
-    # precision is each task's own choice (the teacher's autocast, its fp32 drug layer):
-    # not accelerate's, which `accelerate launch` would otherwise take from the user's config
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
+    # precision is each task's own choice (the teacher's autocast, its fp32 drug layer), not
+    # accelerate's, which `accelerate launch` would otherwise take from the user's config; a
+    # DeepSpeed / FSDP config keeps its own, which decides how the sharded parameters are kept
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() == "true"
+                  for kind in ("DEEPSPEED", "FSDP"))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=None if sharded else "no")
     rank, world = accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     set_seed(config.seed)
