@@ -191,6 +191,37 @@ def test_two_process_ddp_replicas_agree(tiny_data_dir, tmp_path):
     assert digests[0] == digests[1]
 
 
+AUTOCAST_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+from leader.data.dataset import Dataset
+from leader.train import FitContext, TrainConfig, train
+from train_tasks import LinearTask
+data = Dataset.load({data!r})
+task = LinearTask(data)
+seen = []
+task.module.register_forward_hook(lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu")))
+train(task, data.samples("train"), data.samples("val"),
+      TrainConfig(max_steps=2, batch_size=8, eval_every=1), FitContext(None, progress=False))
+print("AUTOCAST", sorted(set(seen)))
+"""
+
+
+def test_an_accelerate_config_does_not_change_a_tasks_precision(tiny_data_dir, tmp_path):
+    """`accelerate launch` hands its config's mixed precision to every process through the
+    environment; under plain DDP it must not wrap a task's forward in autocast (the teacher's
+    drug layer and the student stay fp32). A fresh interpreter: accelerate's state is global."""
+    script = tmp_path / "autocast.py"
+    script.write_text(AUTOCAST_SCRIPT.format(tests=str(Path(__file__).parent),
+                                             data=str(tiny_data_dir)))
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "AUTOCAST [False]" in proc.stdout, proc.stdout[-2000:]
+
+
 class HalfTask(LinearTask):
     """The linear task with its gradient flowing back through fp16 (as through an fp16
     backbone), the loss multiplied by ``gain`` to push that gradient out of fp16's range."""
