@@ -201,7 +201,8 @@ from train_tasks import LinearTask
 data = Dataset.load({data!r})
 task = LinearTask(data)
 seen = []
-task.module.register_forward_hook(lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu")))
+# on the inner layer: its hook runs inside the forward that accelerate would wrap in autocast
+task.module[1].register_forward_hook(lambda m, i, o: seen.append(torch.is_autocast_enabled("cpu")))
 train(task, data.samples("train"), data.samples("val"),
       TrainConfig(max_steps=2, batch_size=8, eval_every=1), FitContext(None, progress=False))
 print("AUTOCAST", sorted(set(seen)))
