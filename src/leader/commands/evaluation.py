@@ -25,7 +25,7 @@ Rounds = Annotated[int, typer.Option(help="Resampling rounds.")]
 Frac = Annotated[float, typer.Option(help="Share of the split drawn per round (with replacement).")]
 Seed = Annotated[int, typer.Option(help="Seed of the resamples (same seed: same draws).")]
 Threshold = Annotated[float | None, typer.Option(
-    help="Fixed probability cut for every model [default: each bundle's own rule].",
+    help="Fixed probability cut for every model (default: each bundle's own rule).",
     show_default=False)]
 Tune = Annotated[bool, typer.Option(
     "--tune-threshold", help="Tune the threshold on the val split now (best mean F1).")]
@@ -81,7 +81,7 @@ def calibrate_cmd(
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR (its val split is used).")],
     method: Calibration = "temperature",
     out: Annotated[Path | None, typer.Option(
-        help="Write the calibrated bundle here [default: replace MODEL_DIR].",
+        help="Write the calibrated bundle here (default: replace MODEL_DIR).",
         show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:

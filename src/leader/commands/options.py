@@ -30,11 +30,15 @@ def flag_for(field: str) -> str:
     return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
-def _option(name: str, f: dataclasses.Field, default: Any, tp: Any) -> inspect.Parameter:
+def _option(
+    name: str, f: dataclasses.Field, default: Any, tp: Any, shown: str | None = None
+) -> inspect.Parameter:
     base, _ = _base_type(tp)
     flag = "--" + (f.metadata.get("flag") or name).replace("_", "-")
     FLAGS[name] = flag
-    shown = "none" if default is None else str(default).lower() if base is bool else str(default)
+    if shown is None:
+        shown = ("none" if default is None else str(default).lower() if base is bool
+                 else str(default))
     decls = [f"{flag}/--no-{flag[2:]}"] if base is bool else [flag]
     choices = f.metadata.get("choices")
     help_text = f.metadata.get("help", "") + (f" ({', '.join(choices)})" if choices else "")
@@ -48,7 +52,8 @@ def config_options(
 ) -> Callable[[Callable], Callable]:
     """Give a command ``--FIELD`` options for ``cls`` and a ``--config FILE``; the command gets
     the built config as its ``config`` argument (``build=False``: the settings given, as a dict
-    to merge into another config; ``config_file=False``: no ``--config``)."""
+    to merge into another config, whose defaults the help then names as the model's own;
+    ``config_file=False``: no ``--config``)."""
     fields = [row for row in cls.flat_fields() if row[1].metadata.get("cli", True)]
     names = [f.name for _, f, _, _ in fields]
     if len(set(names)) != len(names):
@@ -60,7 +65,8 @@ def config_options(
         resolved = typing.get_type_hints(command, include_extras=True)  # the command's own names
         params = [p.replace(annotation=resolved.get(p.name, p.annotation))
                   for p in signature.parameters.values() if p.name != "config"]
-        added = [_option(f.name, f, d, tp) for _, f, d, tp in fields]
+        shown = None if build else "the model's own"
+        added = [_option(f.name, f, d, tp, shown) for _, f, d, tp in fields]
         file_option = inspect.Parameter(
             "config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
             annotation=Annotated[Path | None, typer.Option(

@@ -18,7 +18,7 @@ def tune_cmd(
     data: Annotated[Path, typer.Option(help="Prepared DATA_DIR (train and val splits).")],
     budget: Annotated[float, typer.Option(help="Minutes of search.")] = 10.0,
     out: Annotated[Path | None, typer.Option(
-        help="Config file to write [default: DATA_DIR/../NAME.tuned.json].",
+        help="Config file to write (default: DATA_DIR/../NAME.tuned.json).",
         show_default=False)] = None,
     epochs: Annotated[int, typer.Option(help="Epochs per trial (early stopping applies).")] = 10,
     trials: Annotated[int | None, typer.Option(
