@@ -4,6 +4,7 @@ it, which once left "model ." where a default was named; and shown defaults are 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -37,3 +38,24 @@ def test_baseline_training_options_name_the_models_own_defaults():
     text = help_text("train-baseline")
     assert "(the model's own)" in text and "[default: 50]" not in text
     assert "each bundle's own rule" in help_text("evaluate")
+
+
+def test_a_config_may_come_from_a_pipe_but_not_a_directory(tmp_path):
+    """`--config <(jq ...)` hands over a pipe, which is no regular file but reads as one; a
+    directory or a missing path is refused in one line."""
+    import os
+
+    from leader.commands.options import read_config_file
+    from leader.errors import LeaderError
+
+    read, write = os.pipe()
+    os.write(write, b'{"penalty": "l1"}')
+    os.close(write)
+    try:
+        assert read_config_file(Path(f"/dev/fd/{read}")) == {"penalty": "l1"}
+    finally:
+        os.close(read)
+    with pytest.raises(LeaderError, match="a directory, expected a JSON file"):
+        read_config_file(tmp_path)
+    with pytest.raises(LeaderError, match="file not found"):
+        read_config_file(tmp_path / "none.json")

@@ -100,8 +100,10 @@ def read_config_file(path: Path | None) -> dict[str, Any]:
     """A ``--config`` file: a JSON object of settings (a bundle's ``model.json`` works too)."""
     if path is None:
         return {}
-    if not path.is_file():
+    if not path.exists():  # a pipe (`--config <(jq ...)`) is no regular file but reads
         raise LeaderError(f"--config {path}: file not found")
+    if path.is_dir():
+        raise LeaderError(f"--config {path}: a directory, expected a JSON file")
     try:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
