@@ -24,7 +24,7 @@ from leader.configs import Config
 from leader.data.dataset import Dataset, Schema
 from leader.data.samples import Sample, multi_hot
 from leader.errors import LeaderError
-from leader.train import LOG, FitContext, Task, TrainResult, train
+from leader.train import LOG, FitContext, Task, TrainConfig, TrainResult, train
 
 WEIGHTS = "weights.safetensors"
 MODEL_CONFIG = "model.json"
@@ -111,10 +111,15 @@ class MedModel(ABC):
     @abstractmethod
     def predict_proba(self, samples: Sequence[Sample]) -> np.ndarray: ...
 
-    def run_loop(self, task: Task, data: Dataset, context: FitContext | None) -> TrainResult:
-        """Train ``task`` with the shared loop on the train/val splits; remember its summary."""
+    def run_loop(
+        self, task: Task, data: Dataset, context: FitContext | None,
+        train_cfg: TrainConfig | None = None,
+    ) -> TrainResult:
+        """Train ``task`` with the shared loop on the train/val splits (with ``train_cfg``, else
+        the model's own ``config.train``); remember its summary."""
         context = context or FitContext()
-        train_cfg = self.config.train  # a model that trains with the loop has a TrainConfig
+        if train_cfg is None:
+            train_cfg = self.config.train  # a model that trains with the loop has a TrainConfig
         result = train(task, data.samples("train"), data.samples("val"), train_cfg, context)
         self.fit_summary = {
             "best_val_prauc": result.best_score,
