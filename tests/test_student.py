@@ -422,10 +422,10 @@ def test_the_batch_grows_with_the_cohort(tiny_data):
     32 at the benchmark's 4,201 training visits, 256 at MIMIC-IV's ~154,000; fixed with
     batch_scaled off. The batch used is in the fit summary."""
     cfg = StudentConfig()
-    sizes = {n: cfg.batch_size(n) for n in (100, 4000, 4201, 16_600, 42_000, 154_000)}
+    sizes = {n: cfg.batch_for(n) for n in (100, 4000, 4201, 16_600, 42_000, 154_000)}
     assert sizes == {100: 32, 4000: 32, 4201: 32, 16_600: 64, 42_000: 128, 154_000: 256}
-    assert cfg.replace(batch_scaled=False).batch_size(154_000) == 32
-    assert cfg.replace(train=TrainConfig(batch_size=16)).batch_size(154_000) == 128
+    assert cfg.replace(batch_scaled=False).batch_for(154_000) == 32
+    assert cfg.replace(train=TrainConfig(batch_size=16)).batch_for(154_000) == 128
     student = make_student(tiny_data, alpha=0, train={"epochs": 1, "batch_size": 8})
     student.fit(tiny_data, FitContext(progress=False))
     assert student.fit_summary["batch_size"] == 8  # a tiny cohort keeps the batch given

@@ -147,7 +147,7 @@ class StudentConfig(Config):
             return weight
         return weight * math.sqrt(WIDE_L2_SAMPLES / n_train)
 
-    def batch_size(self, n_train: int) -> int:
+    def batch_for(self, n_train: int) -> int:
         """The batch for ``n_train`` training samples. At a constant learning rate a batch of
         32 leaves MIMIC-IV-sized cohorts in gradient noise: at 154,000 training visits the
         student stopped at logreg's validation PRAUC with it and passed it by 0.014 with 256
@@ -657,7 +657,7 @@ class Student(MedModel):
             start_from_frequencies(self.module.head.bias, data)
         n_train = data.n_samples("train")
         task = self.distill_task(n_train, context.teacher)
-        batch = self.config.batch_size(n_train)
+        batch = self.config.batch_for(n_train)
         self.run_loop(task, data, context, self.config.train.replace(batch_size=batch))
         self.fit_summary["batch_size"] = batch  # the batch used, in the bundle manifest
         if self.module.wide is not None:
