@@ -53,6 +53,7 @@ KINDS = CODE_KINDS
 # module (leader.data.sources); a source without them takes MIMIC-III's
 FALLBACK_SOURCE = "mimic3"
 WIDE_L2_SAMPLES = 4000  # the training-set size at which wide_l1 / wide_l2 apply unscaled
+BATCH_SAMPLES = 4000  # the training-set size up to which train.batch_size applies unscaled
 # What each preset changes from the config's defaults; settings given explicitly win.
 PRESETS: dict[str, dict[str, Any]] = {
     "leader": {},
@@ -153,9 +154,9 @@ class StudentConfig(Config):
         student stopped at logreg's validation PRAUC with it and passed it by 0.014 with 256
         (BENCHMARKS.md (f)); at 4,000 (the benchmark) the rule keeps 32."""
         size = self.train.batch_size
-        if not self.batch_scaled or n_train <= WIDE_L2_SAMPLES:
+        if not self.batch_scaled or n_train <= BATCH_SAMPLES:
             return size
-        return size * 2 ** max(0, round(math.log2(math.sqrt(n_train / WIDE_L2_SAMPLES))))
+        return size * 2 ** round(math.log2(math.sqrt(n_train / BATCH_SAMPLES)))
 
     def validate(self) -> None:
         if self.dim % self.heads:
